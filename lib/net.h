@@ -1,0 +1,21 @@
+/* Listening sockets. */
+#ifndef CEDRA_NET_H
+#define CEDRA_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util.h"
+
+/* Returns a non-blocking listening socket, or -1 with a reason in err.
+ * reuseport lets several workers each own a socket on the same TCP address
+ * (the kernel spreads connections); a UNIX path is replaced if it is a stale
+ * socket and chmod'ed to unix_mode. */
+int net_listen(const struct endpoint *ep, int backlog, bool reuseport, unsigned unix_mode, char *err,
+               size_t errlen);
+
+/* Accepts one connection, non-blocking and close-on-exec, with TCP_NODELAY on
+ * TCP. Returns the fd or -1 (errno set; EAGAIN when none is pending). */
+int net_accept(int lfd);
+
+#endif

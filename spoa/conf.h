@@ -1,0 +1,49 @@
+/* cedra-spoa configuration: defaults, the file's keywords, validation. */
+#ifndef CEDRA_SPOA_CONF_H
+#define CEDRA_SPOA_CONF_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "locale.h"
+#include "log.h"
+#include "util.h"
+
+#define SPOA_MAX_LISTEN 8
+
+/* Immutable once published to the workers; shared by reference count so that
+ * a reload swaps it without locks on the request path. */
+struct spoa_conf {
+    _Atomic unsigned refs;
+
+    /* Fixed for the life of the process (a change needs a restart). */
+    struct endpoint listen[SPOA_MAX_LISTEN];
+    unsigned nlisten;
+    unsigned threads;
+    unsigned backlog;
+    unsigned unix_mode;
+    uint32_t max_frame_size;
+    uint64_t max_reassembly;
+    unsigned max_inflight;
+    double hello_timeout;
+    double idle_timeout;
+    double drain_timeout;
+    bool log_syslog;
+    char message[64]; /* the spoe-message we act on */
+
+    /* Reloaded on SIGHUP. */
+    enum log_level log_level;
+    struct locale_set locales;
+};
+
+/* A new configuration with the defaults and one reference. */
+struct spoa_conf *spoa_conf_new(void);
+void spoa_conf_hold(struct spoa_conf *c);
+void spoa_conf_release(struct spoa_conf *c);
+void spoa_conf_defaults(struct spoa_conf *c);
+/* Loads path over the defaults. Returns 0, or -1 with a reason in err. */
+int spoa_conf_load(const char *path, struct spoa_conf *c, char *err, size_t errlen);
+/* Same, from text (tests). */
+int spoa_conf_load_string(const char *text, struct spoa_conf *c, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,313 @@
+/* cedra-spoa: start-up, signals and reloads. The work happens in worker.c. */
+#include "config.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+#include "net.h"
+#include "worker.h"
+
+#define DEFAULT_CONF SYSCONFDIR "/cedra/cedra-spoa.conf"
+
+struct overrides {
+    struct endpoint listen[SPOA_MAX_LISTEN];
+    unsigned nlisten;
+    unsigned threads;
+    bool debug;
+};
+
+struct daemon {
+    const char *conf_path;
+    struct overrides ov;
+    struct spoa_conf *conf;
+    struct worker **workers;
+    unsigned nworkers;
+    int *fds; /* nworkers * nlisten, by worker then listener */
+    unsigned nfds;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: cedra-spoa [-f FILE] [-c] [-v] [-h] [-l ADDR]... [-t N] [-d] [-p PIDFILE]\n"
+               "  -f FILE   configuration file (default " DEFAULT_CONF ")\n"
+               "  -c        check the configuration and exit (0 when valid)\n"
+               "  -v        print the version and exit\n"
+               "  -l ADDR   listen on ADDR (host:port, [v6]:port or unix:/path), replaces\n"
+               "            the file's 'listen' lines; repeatable\n"
+               "  -t N      worker threads (replaces 'threads')\n"
+               "  -d        debug logs (replaces 'log-level')\n"
+               "  -p FILE   write the pid to FILE\n"
+               "  -h        this help\n"
+               "Signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads the file.\n");
+}
+
+static void apply_overrides(struct spoa_conf *c, const struct overrides *ov)
+{
+    if (ov->nlisten) {
+        memcpy(c->listen, ov->listen, sizeof(ov->listen));
+        c->nlisten = ov->nlisten;
+    }
+    if (ov->threads)
+        c->threads = ov->threads;
+    if (ov->debug)
+        c->log_level = LOG_LVL_DEBUG;
+}
+
+static struct spoa_conf *load(struct daemon *d, char *err, size_t errlen)
+{
+    struct spoa_conf *c = spoa_conf_new();
+
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (spoa_conf_load(d->conf_path, c, err, errlen) < 0) {
+        spoa_conf_release(c);
+        return NULL;
+    }
+    apply_overrides(c, &d->ov);
+    if (c->nlisten == 0) {
+        snprintf(err, errlen, "%s: no 'listen' address (and no -l)", d->conf_path);
+        spoa_conf_release(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    struct daemon *d = s->data;
+
+    log_notice("stopping", "signal=%d workers=%u", s->signum, d->nworkers);
+    for (unsigned i = 0; i < d->nworkers; i++)
+        worker_stop(d->workers[i]);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    struct daemon *d = s->data;
+    char err[512];
+    struct spoa_conf *c = load(d, err, sizeof(err));
+
+    if (!c) {
+        log_error("reload_failed", "file=%s reason=\"%s\"", d->conf_path, err);
+        return;
+    }
+    /* Sockets, threads and frame sizes are fixed at start-up. */
+    if (c->threads != d->conf->threads || c->nlisten != d->conf->nlisten ||
+        c->max_frame_size != d->conf->max_frame_size)
+        log_notice("reload_partial", "reason=\"listen, threads and max-frame-size need a restart\"");
+    memcpy(c->listen, d->conf->listen, sizeof(c->listen));
+    c->nlisten = d->conf->nlisten;
+    c->threads = d->conf->threads;
+    c->max_frame_size = d->conf->max_frame_size;
+    c->max_reassembly = d->conf->max_reassembly;
+    c->max_inflight = d->conf->max_inflight;
+    log_set_level(c->log_level);
+    for (unsigned i = 0; i < d->nworkers; i++)
+        worker_reload(d->workers[i], c);
+    spoa_conf_release(d->conf);
+    d->conf = c;
+    log_notice("reloaded", "file=%s locales=%u", d->conf_path, c->locales.n);
+}
+
+/* TCP listeners get one SO_REUSEPORT socket per worker so the kernel spreads
+ * connections; a UNIX socket is shared by all workers. */
+static int open_listeners(struct daemon *d, char *err, size_t errlen)
+{
+    const struct spoa_conf *c = d->conf;
+    unsigned nl = c->nlisten;
+
+    d->nfds = c->threads * nl;
+    d->fds = malloc(d->nfds * sizeof(int));
+    if (!d->fds)
+        return -1;
+    for (unsigned i = 0; i < d->nfds; i++)
+        d->fds[i] = -1;
+    for (unsigned l = 0; l < nl; l++) {
+        const struct endpoint *ep = &c->listen[l];
+
+        for (unsigned w = 0; w < c->threads; w++) {
+            if (ep->is_unix && w > 0) {
+                d->fds[w * nl + l] = d->fds[l];
+                continue;
+            }
+            d->fds[w * nl + l] = net_listen(ep, (int)c->backlog, true, c->unix_mode, err, errlen);
+            if (d->fds[w * nl + l] < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static void close_listeners(struct daemon *d)
+{
+    const struct spoa_conf *c = d->conf;
+
+    for (unsigned l = 0; l < c->nlisten && d->fds; l++) {
+        const struct endpoint *ep = &c->listen[l];
+
+        for (unsigned w = 0; w < c->threads; w++) {
+            int fd = d->fds[w * c->nlisten + l];
+
+            if (fd >= 0 && !(ep->is_unix && w > 0))
+                close(fd);
+        }
+        if (ep->is_unix)
+            unlink(((const struct sockaddr_un *)&ep->addr)->sun_path);
+    }
+    free(d->fds);
+    d->fds = NULL;
+}
+
+int main(int argc, char **argv)
+{
+    struct daemon d = {.conf_path = DEFAULT_CONF};
+    const char *pidfile = NULL;
+    bool check = false;
+    char err[512];
+    struct ev_loop *loop;
+    ev_signal sterm, sint, shup;
+    sigset_t block, old;
+    int opt, rc = 0;
+
+    while ((opt = getopt(argc, argv, "f:cvl:t:dp:h")) != -1) {
+        uint64_t v;
+
+        switch (opt) {
+        case 'f':
+            d.conf_path = optarg;
+            break;
+        case 'c':
+            check = true;
+            break;
+        case 'v':
+            printf("cedra-spoa %s (SPOP 2.0)\n", PACKAGE_VERSION);
+            return 0;
+        case 'l':
+            if (d.ov.nlisten >= SPOA_MAX_LISTEN ||
+                parse_endpoint(optarg, &d.ov.listen[d.ov.nlisten++], err, sizeof(err)) < 0) {
+                fprintf(stderr, "cedra-spoa: -l %s: %s\n", optarg, err);
+                return 1;
+            }
+            break;
+        case 't':
+            if (parse_uint(optarg, 1, 64, &v) < 0) {
+                fprintf(stderr, "cedra-spoa: -t wants 1..64\n");
+                return 1;
+            }
+            d.ov.threads = (unsigned)v;
+            break;
+        case 'd':
+            d.ov.debug = true;
+            break;
+        case 'p':
+            pidfile = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+    d.conf = load(&d, err, sizeof(err));
+    if (!d.conf) {
+        fprintf(stderr, "cedra-spoa: %s\n", err);
+        return 1;
+    }
+    if (check) {
+        printf("Configuration file is valid\n");
+        spoa_conf_release(d.conf);
+        return 0;
+    }
+    log_init("cedra-spoa", d.conf->log_syslog);
+    log_set_level(d.conf->log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (open_listeners(&d, err, sizeof(err)) < 0) {
+        log_error("listen_failed", "reason=\"%s\"", err);
+        close_listeners(&d);
+        spoa_conf_release(d.conf);
+        return 1;
+    }
+    if (pidfile) {
+        FILE *pf = fopen(pidfile, "w");
+
+        if (!pf || fprintf(pf, "%ld\n", (long)getpid()) < 0 || fclose(pf) != 0) {
+            log_error("pidfile_failed", "file=%s error=\"%s\"", pidfile, strerror(errno));
+            close_listeners(&d);
+            spoa_conf_release(d.conf);
+            return 1;
+        }
+    }
+
+    /* Workers must not take the signals: only the main loop handles them. */
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    d.workers = calloc(d.conf->threads, sizeof(*d.workers));
+    for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
+        struct worker *w = worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten);
+
+        if (!w || worker_start(w) < 0) {
+            log_error("worker_failed", "worker=%u error=\"%s\"", i, strerror(errno));
+            worker_free(w);
+            rc = 1;
+            break;
+        }
+        d.workers[d.nworkers++] = w;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    loop = ev_default_loop(EVFLAG_AUTO);
+    ev_signal_init(&sterm, on_stop, SIGTERM);
+    ev_signal_init(&sint, on_stop, SIGINT);
+    ev_signal_init(&shup, on_hup, SIGHUP);
+    sterm.data = sint.data = shup.data = &d;
+    ev_signal_start(loop, &sterm);
+    ev_signal_start(loop, &sint);
+    ev_signal_start(loop, &shup);
+    if (rc == 0) {
+        char l0[160];
+
+        log_notice("started", "version=%s threads=%u listen=%s pid=%ld", PACKAGE_VERSION,
+                   d.nworkers, log_quote(l0, sizeof(l0), d.conf->listen[0].text,
+                                         strlen(d.conf->listen[0].text)),
+                   (long)getpid());
+        ev_run(loop, 0);
+    } else {
+        for (unsigned i = 0; i < d.nworkers; i++)
+            worker_stop(d.workers[i]);
+    }
+    for (unsigned i = 0; i < d.nworkers; i++) {
+        worker_join(d.workers[i]);
+        worker_free(d.workers[i]);
+    }
+    free(d.workers);
+    close_listeners(&d);
+    if (pidfile)
+        unlink(pidfile);
+    log_notice("stopped", "rc=%d", rc);
+    spoa_conf_release(d.conf);
+    ev_loop_destroy(loop);
+    return rc;
+}
