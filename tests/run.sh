@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The whole test suite: installs dependencies, builds (plain, ASan+UBSan,
+# libFuzzer), runs unit tests twice, fuzzers, integration tests against real
+# HAProxy, a valgrind pass over the daemon, and make distcheck.
+# Ends with one line: "N passed, N failed[, N skipped]"; exits 1 on any failure.
+#
+# Environment: CEDRA_FUZZ_SECONDS (default 30) per fuzz target;
+# CEDRA_SKIP="distcheck valgrind fuzz" skips stages (for quick local runs).
+set -uo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+fuzz_seconds=${CEDRA_FUZZ_SECONDS:-30}
+skip=" ${CEDRA_SKIP:-} "
+
+record() { # record STATUS NAME
+  echo "$1 $2" >>"$results"
+  echo "$1 $2"
+}
+skipped() { [[ "$skip" == *" $1 "* ]]; }
+stage() { echo; echo "=== $*"; }
+
+stage "dependencies"
+if ! "$top/scripts/deps.sh"; then
+  record FAIL deps
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+# Runs every cmocka binary of a build and records one result per test case.
+# A binary that dies (sanitizer report, crash) fails as a whole as well.
+run_unit() { # run_unit LABEL BUILDDIR
+  local label=$1 dir=$2 t out rc
+  for t in "$dir"/tests/unit/test_*; do
+    [ -x "$t" ] || continue
+    out=$(mktemp)
+    "$t" >"$out" 2>&1
+    rc=$?
+    sed -n 's/^\[       OK \] \(.*\)$/PASS '"$label"'\/'"$(basename "$t")"'\/\1/p; s/^\[  FAILED  \] \([a-z_0-9]*\)$/FAIL '"$label"'\/'"$(basename "$t")"'\/\1/p' "$out" | sort -u | tee -a "$results"
+    if [ $rc -ne 0 ]; then
+      record FAIL "$label/$(basename "$t")(exit=$rc)"
+      tail -40 "$out"
+    fi
+    rm -f "$out"
+  done
+}
+
+stage "build (-Werror)"
+if "$top/scripts/build.sh" "$top/build" --enable-werror &&
+   make -C "$top/build" -j"$(nproc)" check TESTS= >/dev/null 2>&1; then
+  record PASS build/werror
+else
+  record FAIL build/werror
+fi
+
+stage "unit tests"
+run_unit unit "$top/build"
+
+stage "unit tests under ASan+UBSan"
+if "$top/scripts/build.sh" "$top/build-asan" --enable-werror --enable-sanitizers &&
+   make -C "$top/build-asan" -j"$(nproc)" check TESTS= >/dev/null 2>&1; then
+  record PASS build/asan
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_unit asan "$top/build-asan"
+else
+  record FAIL build/asan
+fi
+
+if skipped fuzz; then
+  record SKIP fuzz
+else
+  stage "fuzzing (${fuzz_seconds}s per target)"
+  if CC=clang "$top/scripts/build.sh" "$top/build-fuzz" --enable-fuzzers; then
+    for f in "$top"/build-fuzz/tests/fuzz/fuzz_*; do
+      [ -x "$f" ] || continue
+      name=$(basename "$f")
+      corpus=$(mktemp -d)
+      cp -r "$top/tests/fuzz/corpus/${name#fuzz_}/." "$corpus/" 2>/dev/null || true
+      if (cd "$corpus" && "$f" -max_total_time="$fuzz_seconds" -timeout=5 -rss_limit_mb=2048 \
+            -print_final_stats=1 "$corpus" >"$corpus.log" 2>&1); then
+        record PASS "fuzz/$name"
+        grep -E 'stat::number_of_executed_units|cov:' "$corpus.log" | tail -2
+      else
+        record FAIL "fuzz/$name"
+        tail -60 "$corpus.log"
+      fi
+      rm -rf "$corpus" "$corpus.log"
+    done
+  else
+    record FAIL build/fuzz
+  fi
+fi
+
+stage "integration tests (HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'))"
+out=$(mktemp)
+CEDRA_SPOA="$top/build/spoa/cedra-spoa" python3 "$top/tests/integration/run.py" 2>&1 | tee "$out"
+grep -E '^(PASS|FAIL|SKIP) ' "$out" | sed 's/^\(PASS\|FAIL\|SKIP\) /\1 integration\//' >>"$results"
+grep -qE '^integration: [0-9]+ passed' "$out" || record FAIL "integration/runner"
+rm -f "$out"
+
+if skipped valgrind; then
+  record SKIP valgrind
+else
+  stage "valgrind: cedra-spoa through HAProxy and the black-box client"
+  out=$(mktemp)
+  CEDRA_SPOA="$top/build/spoa/cedra-spoa" \
+  CEDRA_SPOA_WRAPPER="valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --error-exitcode=99 --track-fds=no" \
+    python3 "$top/tests/integration/run.py" --only "${CEDRA_VALGRIND_TESTS:-test_haproxy.HAProxyTest.test_locale_header test_spop_blackbox}" >"$out" 2>&1
+  if grep -qE '^integration: [0-9]+ passed, 0 failed' "$out"; then
+    record PASS valgrind/cedra-spoa
+  else
+    record FAIL valgrind/cedra-spoa
+    tail -80 "$out"
+  fi
+  rm -f "$out"
+fi
+
+if skipped distcheck; then
+  record SKIP distcheck
+else
+  stage "make distcheck"
+  if make -C "$top/build" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >"$top/build/distcheck.out" 2>&1; then
+    record PASS build/distcheck
+  else
+    record FAIL build/distcheck
+    tail -40 "$top/build/distcheck.out"
+  fi
+fi
+
+passed=$(grep -c '^PASS ' "$results")
+failed=$(grep -c '^FAIL ' "$results")
+skippedn=$(grep -c '^SKIP ' "$results")
+echo
+grep '^FAIL ' "$results" | sed 's/^/  /'
+echo "$passed passed, $failed failed, $skippedn skipped"
+[ "$failed" -eq 0 ]
