@@ -10,8 +10,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-int net_listen(const struct endpoint *ep, int backlog, bool reuseport, unsigned unix_mode, char *err,
-               size_t errlen)
+int net_listen(const struct endpoint *ep, int backlog, bool reuseport, unsigned unix_mode,
+               char *err, size_t errlen)
 {
     int fd, one = 1, family = ep->addr.ss_family;
 

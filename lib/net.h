@@ -11,8 +11,8 @@
  * reuseport lets several workers each own a socket on the same TCP address
  * (the kernel spreads connections); a UNIX path is replaced if it is a stale
  * socket and chmod'ed to unix_mode. */
-int net_listen(const struct endpoint *ep, int backlog, bool reuseport, unsigned unix_mode, char *err,
-               size_t errlen);
+int net_listen(const struct endpoint *ep, int backlog, bool reuseport, unsigned unix_mode,
+               char *err, size_t errlen);
 
 /* Accepts one connection, non-blocking and close-on-exec, with TCP_NODELAY on
  * TCP. Returns the fd or -1 (errno set; EAGAIN when none is pending). */

@@ -8,6 +8,12 @@
 #include "cfgfile.h"
 #include "spoe.h"
 
+static void set_exclude(struct spoa_conf *c, unsigned i, const char *prefix)
+{
+    str_copy(c->exclude_buf[i], prefix, sizeof(c->exclude_buf[i]));
+    c->exclude[i] = c->exclude_buf[i];
+}
+
 struct spoa_conf *spoa_conf_new(void)
 {
     struct spoa_conf *c = malloc(sizeof(*c));
@@ -43,6 +49,11 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->drain_timeout = 5.0;
     c->log_level = LOG_LVL_INFO;
     str_copy(c->message, "cedra-req", sizeof(c->message));
+    str_copy(c->locale_cookie, "NEXT_LOCALE", sizeof(c->locale_cookie));
+    c->redirect_code = 307; /* what Next.js uses for its own locale redirects */
+    set_exclude(c, 0, "/_next/");
+    set_exclude(c, 1, "/api/");
+    c->nexclude = 2;
 }
 
 static int want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
@@ -159,6 +170,35 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
                 snprintf(err, errlen, "invalid or duplicate locale '%s'", l->argv[i]);
                 return -1;
             }
+        }
+        return 0;
+    }
+    if (!strcmp(kw, "locale-cookie")) {
+        if (want_args(l, 1, err, errlen) < 0 || !l->argv[1][0] ||
+            strlen(l->argv[1]) >= sizeof(c->locale_cookie))
+            goto bad;
+        str_copy(c->locale_cookie, l->argv[1], sizeof(c->locale_cookie));
+        return 0;
+    }
+    if (!strcmp(kw, "locale-redirect")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 300, 399, &v) < 0 ||
+            (v != 302 && v != 307))
+            goto bad;
+        c->redirect_code = (unsigned)v;
+        return 0;
+    }
+    if (!strcmp(kw, "locale-exclude")) {
+        if (l->argc - 1 > SPOA_MAX_EXCLUDE) {
+            snprintf(err, errlen, "at most %d prefixes", SPOA_MAX_EXCLUDE);
+            return -1;
+        }
+        c->nexclude = 0;
+        for (int i = 1; i < l->argc; i++) {
+            if (l->argv[i][0] != '/' || strlen(l->argv[i]) >= sizeof(c->exclude_buf[0])) {
+                snprintf(err, errlen, "'%s' is not a path prefix", l->argv[i]);
+                return -1;
+            }
+            set_exclude(c, c->nexclude++, l->argv[i]);
         }
         return 0;
     }

@@ -10,6 +10,7 @@
 #include "util.h"
 
 #define SPOA_MAX_LISTEN 8
+#define SPOA_MAX_EXCLUDE 16
 
 /* Immutable once published to the workers; shared by reference count so that
  * a reload swaps it without locks on the request path. */
@@ -34,6 +35,11 @@ struct spoa_conf {
     /* Reloaded on SIGHUP. */
     enum log_level log_level;
     struct locale_set locales;
+    char locale_cookie[64]; /* NEXT_LOCALE */
+    unsigned redirect_code; /* 302 or 307 */
+    unsigned nexclude;      /* path prefixes never redirected */
+    const char *exclude[SPOA_MAX_EXCLUDE];
+    char exclude_buf[SPOA_MAX_EXCLUDE][128];
 };
 
 /* A new configuration with the defaults and one reference. */

@@ -16,6 +16,8 @@ struct handler_stats {
     uint64_t other_messages; /* messages we do not know: ACKed without actions */
     uint64_t locale_found;
     uint64_t locale_none;
+    uint64_t redirects;
+    uint64_t redirect_refused; /* unsafe path or query: passed unchanged */
     uint64_t ack_too_big;
 };
 

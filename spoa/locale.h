@@ -2,6 +2,7 @@
 #ifndef CEDRA_LOCALE_H
 #define CEDRA_LOCALE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define LOCALE_MAX 32
@@ -23,5 +24,28 @@ int locale_set_default(struct locale_set *ls, const char *name);
 /* The locale named by the first path segment ("/fr" or "/fr/..."), as an
  * index into ls, or -1. */
 int locale_from_path(const struct locale_set *ls, const char *path, size_t len);
+
+/* The locale an Accept-Language value prefers (RFC 9110 §12.5.4, matching
+ * per RFC 4647): ranges by descending q (earlier first on ties), q=0 makes
+ * the locales it matches unacceptable, "*" stands for any acceptable locale
+ * (the default first), a range matches the locales it prefixes ("nl" →
+ * "nl-BE") and falls back to its truncations ("nl-BE" → "nl"). Malformed
+ * elements are ignored. Returns an index or -1. */
+int locale_from_accept_language(const struct locale_set *ls, const char *al, size_t len);
+
+/* The configured locale named exactly by s[0..len), or -1. */
+int locale_find(const struct locale_set *ls, const char *s, size_t len);
+
+/* True when a path may be answered with a locale redirect: not under an
+ * excluded prefix and not a file (last segment with an extension). */
+bool locale_path_redirectable(const char *const *exclude, unsigned nexclude, const char *path,
+                              size_t len);
+
+/* Builds "/<locale><path>[?<query>]" into out. Returns its length, or -1 when
+ * the path or query holds a byte outside RFC 3986's path/query characters
+ * (or a bad %-escape), or does not fit: such a request is never redirected,
+ * so no header injection or off-site Location can come out of it. */
+int locale_redirect_target(char *out, size_t size, const char *loc, size_t loclen, const char *path,
+                           size_t plen, const char *query, size_t qlen);
 
 #endif

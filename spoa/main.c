@@ -107,7 +107,8 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     /* Sockets, threads and frame sizes are fixed at start-up. */
     if (c->threads != d->conf->threads || c->nlisten != d->conf->nlisten ||
         c->max_frame_size != d->conf->max_frame_size)
-        log_notice("reload_partial", "reason=\"listen, threads and max-frame-size need a restart\"");
+        log_notice("reload_partial",
+                   "reason=\"listen, threads and max-frame-size need a restart\"");
     memcpy(c->listen, d->conf->listen, sizeof(c->listen));
     c->nlisten = d->conf->nlisten;
     c->threads = d->conf->threads;
@@ -289,10 +290,10 @@ int main(int argc, char **argv)
     if (rc == 0) {
         char l0[160];
 
-        log_notice("started", "version=%s threads=%u listen=%s pid=%ld", PACKAGE_VERSION,
-                   d.nworkers, log_quote(l0, sizeof(l0), d.conf->listen[0].text,
-                                         strlen(d.conf->listen[0].text)),
-                   (long)getpid());
+        log_notice(
+            "started", "version=%s threads=%u listen=%s pid=%ld", PACKAGE_VERSION, d.nworkers,
+            log_quote(l0, sizeof(l0), d.conf->listen[0].text, strlen(d.conf->listen[0].text)),
+            (long)getpid());
         ev_run(loop, 0);
     } else {
         for (unsigned i = 0; i < d.nworkers; i++)

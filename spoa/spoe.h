@@ -23,9 +23,9 @@
 struct ev_loop;
 
 #define SPOE_VERSION "2.0"
-#define SPOE_FRAME_MIN 256u           /* smallest max-frame-size the spec allows */
-#define SPOE_FRAME_MAX (1u << 24)     /* largest frame we ever accept to negotiate */
-#define SPOE_VARINT_MAX 10            /* bytes of the longest (64-bit) varint */
+#define SPOE_FRAME_MIN 256u                        /* smallest max-frame-size the spec allows */
+#define SPOE_FRAME_MAX (1u << 24)                  /* largest frame we ever accept to negotiate */
+#define SPOE_VARINT_MAX 10                         /* bytes of the longest (64-bit) varint */
 #define SPOE_HDR_MAX (1 + 4 + 2 * SPOE_VARINT_MAX) /* type, flags, two ids */
 
 enum spoe_frame_type {

@@ -103,12 +103,14 @@ int spoe_get_data(struct spoe_cur *c, struct spoe_data *d)
         d->u.b = (tb & 0x10) != 0;
         break;
     case SPOE_INT32:
-        if (spoe_get_varint(&t, &v) < 0)
+        /* Negative values arrive sign-extended to 64 bits; anything else
+         * outside the 32-bit range is a lie about the type. */
+        if (spoe_get_varint(&t, &v) < 0 || (int64_t)v < INT32_MIN || (int64_t)v > INT32_MAX)
             return -1;
-        d->u.i32 = (int32_t)v;
+        d->u.i32 = (int32_t)(int64_t)v;
         break;
     case SPOE_UINT32:
-        if (spoe_get_varint(&t, &v) < 0)
+        if (spoe_get_varint(&t, &v) < 0 || v > UINT32_MAX)
             return -1;
         d->u.u32 = (uint32_t)v;
         break;
@@ -160,10 +162,12 @@ int spoe_kv_next(struct spoe_cur *c, const char **name, size_t *nlen, struct spo
 
 int spoe_frame_parse(const uint8_t *buf, size_t len, struct spoe_frame *f)
 {
-    struct spoe_cur c = {buf, buf + len};
+    struct spoe_cur c;
 
     if (len < 7) /* type, flags, two 1-byte ids at the least */
         return SPOE_ST_INVALID;
+    c.p = buf;
+    c.end = buf + len;
     f->type = buf[0];
     f->flags = (uint32_t)buf[1] << 24 | (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 8 | buf[4];
     c.p += 5;
@@ -179,9 +183,17 @@ static bool name_is(const char *n, size_t nlen, const char *lit)
     return nlen == strlen(lit) && memcmp(n, lit, nlen) == 0;
 }
 
+/* A cursor over [p, p+len) that is valid for (NULL, 0) too. */
+static struct spoe_cur cur(const uint8_t *p, size_t len)
+{
+    struct spoe_cur c = {p, len ? p + len : p};
+
+    return c;
+}
+
 enum spoe_status spoe_hello_parse(const uint8_t *payload, size_t len, struct spoe_hello *h)
 {
-    struct spoe_cur c = {payload, payload + len};
+    struct spoe_cur c = cur(payload, len);
     bool has_vsn = false, has_mfs = false, has_caps = false;
     const char *n;
     size_t nl;
@@ -262,7 +274,7 @@ static bool list_next(const char **p, const char *end, const char **item, size_t
 
 bool spoe_list_has(const char *list, size_t len, const char *item)
 {
-    const char *p = list, *end = list + len, *it;
+    const char *p = list, *end = len ? list + len : list, *it;
     size_t il, want = strlen(item);
 
     while (list_next(&p, end, &it, &il))
@@ -273,7 +285,7 @@ bool spoe_list_has(const char *list, size_t len, const char *item)
 
 bool spoe_version_ok(const char *list, size_t len)
 {
-    const char *p = list, *end = list + len, *it;
+    const char *p = list, *end = len ? list + len : list, *it;
     size_t il;
 
     /* "2.x" announces SPOP 2.0 up to 2.x: any 2.<digits> version includes ours. */
@@ -323,7 +335,7 @@ int spoe_arg_next(struct spoe_msg *m, const char **name, size_t *nlen, struct sp
 
 int spoe_notify_validate(const uint8_t *payload, size_t len)
 {
-    struct spoe_cur c = {payload, payload + len};
+    struct spoe_cur c = cur(payload, len);
     struct spoe_msg m;
     int r;
 
@@ -355,8 +367,10 @@ void spoe_put_varint(struct spoe_wbuf *w, uint64_t v)
 {
     int n;
 
-    if (w->overflow)
+    if (w->overflow || w->cap == w->len) {
+        w->overflow = true;
         return;
+    }
     n = spoe_varint_encode(v, w->buf + w->len, w->cap - w->len);
     if (n < 0) {
         w->overflow = true;
@@ -448,8 +462,15 @@ void spoe_put_unset_var(struct spoe_wbuf *w, enum spoe_scope scope, const char *
 void spoe_frame_begin(struct spoe_wbuf *w, uint8_t type, uint32_t flags, uint64_t stream_id,
                       uint64_t frame_id)
 {
-    uint8_t h[9] = {0, 0, 0, 0, type, (uint8_t)(flags >> 24), (uint8_t)(flags >> 16),
-                    (uint8_t)(flags >> 8), (uint8_t)flags};
+    uint8_t h[9] = {0,
+                    0,
+                    0,
+                    0,
+                    type,
+                    (uint8_t)(flags >> 24),
+                    (uint8_t)(flags >> 16),
+                    (uint8_t)(flags >> 8),
+                    (uint8_t)flags};
 
     spoe_put_bytes(w, h, sizeof(h));
     spoe_put_varint(w, stream_id);

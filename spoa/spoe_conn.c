@@ -32,8 +32,8 @@ struct spoe_conn {
     uint32_t frame_size; /* negotiated; ours until the HELLO */
     unsigned refs;       /* 1 for the socket + 1 per pending request */
     unsigned inflight;
-    bool in_read;        /* ACKs queued during a read batch are flushed once */
-    bool draining;       /* spoe_conn_shutdown() called */
+    bool in_read;  /* ACKs queued during a read batch are flushed once */
+    bool draining; /* spoe_conn_shutdown() called */
     bool read_paused;
 
     uint8_t *rbuf;
@@ -256,6 +256,28 @@ static void send_agent_hello(struct spoe_conn *c)
         c->wlen += (size_t)n;
 }
 
+/* HAProxy closes (at any time): report its reason, answer, close. */
+static void handle_haproxy_disconnect(struct spoe_conn *c, const struct spoe_frame *f)
+{
+    struct spoe_cur kv = {f->payload, f->payload + f->len};
+    const char *n, *msg = NULL;
+    size_t nl, ml = 0;
+    struct spoe_data d;
+    enum spoe_status st = SPOE_ST_NONE;
+
+    while (spoe_kv_next(&kv, &n, &nl, &d) == 1) {
+        if (nl == 11 && memcmp(n, "status-code", 11) == 0 && d.type == SPOE_UINT32) {
+            st = (enum spoe_status)d.u.u32;
+        } else if (nl == 7 && memcmp(n, "message", 7) == 0 && d.type == SPOE_STR) {
+            msg = d.u.s.ptr;
+            ml = d.u.s.len;
+        }
+    }
+    emit(c, SPOE_EV_DISCONNECT, st, msg, ml, NULL);
+    queue_disconnect(c, SPOE_ST_NONE, "bye");
+    conn_close_after_flush(c);
+}
+
 static void handle_hello(struct spoe_conn *c, const struct spoe_frame *f)
 {
     struct spoe_hello h;
@@ -263,8 +285,7 @@ static void handle_hello(struct spoe_conn *c, const struct spoe_frame *f)
     size_t el;
 
     if (f->type == SPOE_FRM_HAPROXY_DISCONNECT) {
-        queue_disconnect(c, SPOE_ST_NONE, "bye");
-        conn_close_after_flush(c);
+        handle_haproxy_disconnect(c, f);
         return;
     }
     if (f->type != SPOE_FRM_HAPROXY_HELLO) {
@@ -311,7 +332,7 @@ static void handle_hello(struct spoe_conn *c, const struct spoe_frame *f)
 static void deliver(struct spoe_conn *c, uint64_t sid, uint64_t fid, const uint8_t *p, size_t len)
 {
     struct spoe_req *r;
-    struct spoe_cur msgs = {p, p + len};
+    struct spoe_cur msgs = {p, len ? p + len : p}; /* p is NULL for an empty reassembly */
 
     if (spoe_notify_validate(p, len) < 0) {
         conn_fail(c, SPOE_ST_INVALID, "malformed NOTIFY payload");
@@ -360,26 +381,9 @@ static int frag_append(struct spoe_conn *c, const uint8_t *p, size_t len)
 static void handle_ready(struct spoe_conn *c, const struct spoe_frame *f)
 {
     switch (f->type) {
-    case SPOE_FRM_HAPROXY_DISCONNECT: {
-        struct spoe_cur kv = {f->payload, f->payload + f->len};
-        const char *n, *msg = NULL;
-        size_t nl, ml = 0;
-        struct spoe_data d;
-        enum spoe_status st = SPOE_ST_NONE;
-
-        while (spoe_kv_next(&kv, &n, &nl, &d) == 1) {
-            if (nl == 11 && memcmp(n, "status-code", 11) == 0 && d.type == SPOE_UINT32)
-                st = (enum spoe_status)d.u.u32;
-            else if (nl == 7 && memcmp(n, "message", 7) == 0 && d.type == SPOE_STR) {
-                msg = d.u.s.ptr;
-                ml = d.u.s.len;
-            }
-        }
-        emit(c, SPOE_EV_DISCONNECT, st, msg, ml, NULL);
-        queue_disconnect(c, SPOE_ST_NONE, "bye");
-        conn_close_after_flush(c);
+    case SPOE_FRM_HAPROXY_DISCONNECT:
+        handle_haproxy_disconnect(c, f);
         return;
-    }
     case SPOE_FRM_NOTIFY:
         if (c->frag_on) {
             conn_fail(c, SPOE_ST_INTERLACED_FRAMES, spoe_status_str(SPOE_ST_INTERLACED_FRAMES));

@@ -36,7 +36,7 @@ struct worker {
     struct listener *ls;
     unsigned nls;
 
-    struct spoa_conf *conf;               /* owned by this thread */
+    struct spoa_conf *conf;                /* owned by this thread */
     _Atomic(struct spoa_conf *) next_conf; /* handed over by worker_reload() */
     atomic_bool stop_requested;
     bool stopping;

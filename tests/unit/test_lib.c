@@ -69,9 +69,8 @@ static void test_cfg_errors(void **state)
     unsetenv("CEDRA_T_UNSET");
     assert_int_equal(cfg_parse_string("t", "a \"open\n", collect_cb, &c, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "t:1:"));
-    assert_int_equal(cfg_parse_string("t", "ok\nb ${CEDRA_T_UNSET}\n", collect_cb, &c, err,
-                                      sizeof(err)),
-                     -1);
+    assert_int_equal(
+        cfg_parse_string("t", "ok\nb ${CEDRA_T_UNSET}\n", collect_cb, &c, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "t:2:"));
     assert_non_null(strstr(err, "CEDRA_T_UNSET"));
     assert_int_equal(cfg_parse_string("t", "b ${9x}\n", collect_cb, &c, err, sizeof(err)), -1);
@@ -134,9 +133,9 @@ static void test_log_quote(void **state)
     assert_string_equal(log_quote(b, sizeof(b), "a b", 3), "\"a b\"");
     assert_string_equal(log_quote(b, sizeof(b), "x\ny\"", 4), "\"x\\x0ay\\\"\"");
     assert_string_equal(log_quote(b, sizeof(b), "", 0), "\"\"");
-    assert_int_equal(strlen(log_quote(b, sizeof(b), "0123456789012345678901234567890123456789", 40)) <
-                         sizeof(b),
-                     1);
+    assert_int_equal(
+        strlen(log_quote(b, sizeof(b), "0123456789012345678901234567890123456789", 40)) < sizeof(b),
+        1);
 }
 
 static void test_spoa_conf(void **state)
