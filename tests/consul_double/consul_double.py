@@ -16,7 +16,6 @@ import argparse
 import collections
 import copy
 import json
-import os
 import random
 import re
 import select
