@@ -144,6 +144,27 @@ toolong:
     return -1;
 }
 
+/* Reads the next line from a file or from a string; returns 0 at the end. */
+static int next_line(FILE *f, const char **text, char *line, size_t size)
+{
+    const char *t, *nl;
+    size_t ll;
+
+    if (f)
+        return fgets(line, (int)size, f) != NULL;
+    t = *text;
+    if (!*t)
+        return 0;
+    nl = strchr(t, '\n');
+    ll = nl ? (size_t)(nl - t) + 1 : strlen(t);
+    *text = t + ll;
+    if (ll > size - 1)
+        ll = size - 1; /* reported as too long by the caller */
+    memcpy(line, t, ll);
+    line[ll] = '\0';
+    return 1;
+}
+
 static int parse_lines(const char *name, FILE *f, const char *text, cfg_line_cb *cb, void *udata,
                        char *err, size_t errlen)
 {
@@ -152,30 +173,16 @@ static int parse_lines(const char *name, FILE *f, const char *text, cfg_line_cb 
     char why[256];
     unsigned lineno = 0;
 
-    for (;;) {
+    while (next_line(f, &text, line, sizeof(line))) {
         struct cfg_line cl = {.file = name};
-        struct out o = {words, 0, sizeof(words)};
-        size_t ll;
+        struct out o;
+        size_t ll = strlen(line);
 
-        if (f) {
-            if (!fgets(line, sizeof(line), f))
-                break;
-        } else {
-            const char *nl;
-
-            if (!*text)
-                break;
-            nl = strchr(text, '\n');
-            ll = nl ? (size_t)(nl - text) + 1 : strlen(text);
-            if (ll > CFG_MAX_LINE)
-                ll = CFG_MAX_LINE + 1;
-            memcpy(line, text, ll);
-            line[ll] = '\0';
-            text += nl ? (size_t)(nl - text) + 1 : strlen(text);
-        }
+        o.buf = words;
+        o.len = 0;
+        o.cap = sizeof(words);
         lineno++;
-        ll = strlen(line);
-        if (ll > CFG_MAX_LINE || memchr(line, '\0', ll) != NULL) {
+        if (ll > CFG_MAX_LINE) {
             snprintf(err, errlen, "%s:%u: line too long (max %d)", name, lineno, CFG_MAX_LINE);
             return -1;
         }
@@ -204,7 +211,7 @@ int cfg_parse_file(const char *path, cfg_line_cb *cb, void *udata, char *err, si
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
-    r = parse_lines(path, f, NULL, cb, udata, err, errlen);
+    r = parse_lines(path, f, "", cb, udata, err, errlen);
     if (r == 0 && ferror(f)) {
         snprintf(err, errlen, "%s: read error", path);
         r = -1;

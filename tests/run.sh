@@ -55,6 +55,26 @@ else
   record FAIL build/werror
 fi
 
+stage "static checks: cppcheck and clang-format"
+csrc=$(git -C "$top" ls-files 'lib/*.[ch]' 'spoa/*.[ch]' 'agent/*.[ch]' 'tests/unit/*.c' 'tests/fuzz/*.c' 'bench/*.c' 2>/dev/null ||
+       find lib spoa agent tests/unit tests/fuzz bench -name '*.[ch]')
+out=$(mktemp)
+if (cd "$top" && cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --std=c11 \
+      -D_GNU_SOURCE -I lib -I spoa -I agent --suppress=missingIncludeSystem --inline-suppr \
+      $(echo "$csrc" | grep -E '^(lib|spoa|agent)/') >"$out" 2>&1); then
+  record PASS static/cppcheck
+else
+  record FAIL static/cppcheck
+  head -40 "$out"
+fi
+if (cd "$top" && clang-format --dry-run -Werror $csrc >"$out" 2>&1); then
+  record PASS static/clang-format
+else
+  record FAIL static/clang-format
+  head -20 "$out"
+fi
+rm -f "$out"
+
 stage "unit tests"
 run_unit unit "$top/build"
 
