@@ -5,9 +5,9 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential autoconf automake libtool pkg-config
-  libev-dev libhiredis-dev libjansson-dev libcurl4-openssl-dev libcmocka-dev
+  libev-dev libhiredis-dev libjansson-dev libcurl4-openssl-dev libcmocka-dev libmicrohttpd-dev
   clang libclang-rt-14-dev valgrind cppcheck clang-format
-  haproxy redis-server wrk socat curl python3 ca-certificates procps
+  haproxy redis-server wrk socat curl python3 ca-certificates procps prometheus
 )
 
 missing=()
@@ -16,6 +16,12 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+
+# Next.js 16 needs Node.js >= 20.9; Debian 12's nodejs is 18, so a newer Node
+# already on the machine is kept and Debian's is only a fallback.
+if ! command -v node >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

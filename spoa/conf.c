@@ -30,8 +30,19 @@ void spoa_conf_hold(struct spoa_conf *c)
 
 void spoa_conf_release(struct spoa_conf *c)
 {
-    if (c && atomic_fetch_sub(&c->refs, 1) == 1)
+    if (c && atomic_fetch_sub(&c->refs, 1) == 1) {
+        spoa_conf_clear(c);
         free(c);
+    }
+}
+
+void spoa_conf_clear(struct spoa_conf *c)
+{
+    for (unsigned i = 0; i < c->npools; i++) {
+        routes_free(c->pools[i].routes);
+        c->pools[i].routes = NULL;
+    }
+    c->npools = 0;
 }
 
 void spoa_conf_defaults(struct spoa_conf *c)
@@ -54,6 +65,12 @@ void spoa_conf_defaults(struct spoa_conf *c)
     set_exclude(c, 0, "/_next/");
     set_exclude(c, 1, "/api/");
     c->nexclude = 2;
+    c->valkey_timeout = 0.05; /* well under the SPOE "timeout processing" */
+    c->valkey_connect_timeout = 0.5;
+    c->valkey_max_reply = 8u << 20;
+    c->isr = (struct isr_conf)ISR_CONF_DEFAULT;
+    c->lock_ms = 10000;
+    str_copy(c->lock_prefix, "cedra:revalidate:", sizeof(c->lock_prefix));
 }
 
 static int want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
@@ -62,6 +79,70 @@ static int want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
         snprintf(err, errlen, "'%s' takes %d argument%s", l->argv[0], n, n == 1 ? "" : "s");
         return -1;
     }
+    return 0;
+}
+
+/* pool <name> key-prefix <prefix> routes <file|pathname> [build <id>] */
+static int parse_pool(struct spoa_conf *c, const struct cfg_line *l, char *err, size_t errlen)
+{
+    struct spoa_pool *p;
+    bool has_routes = false;
+
+    if (l->argc < 2 || (strcmp(l->argv[1], "stable") && strcmp(l->argv[1], "canary"))) {
+        snprintf(err, errlen, "'pool' wants stable or canary");
+        return -1;
+    }
+    for (unsigned i = 0; i < c->npools; i++)
+        if (!strcmp(c->pools[i].name, l->argv[1])) {
+            snprintf(err, errlen, "pool %s defined twice", l->argv[1]);
+            return -1;
+        }
+    p = &c->pools[c->npools];
+    memset(p, 0, sizeof(*p));
+    str_copy(p->name, l->argv[1], sizeof(p->name));
+    for (int i = 2; i < l->argc; i += 2) {
+        const char *k = l->argv[i], *v = i + 1 < l->argc ? l->argv[i + 1] : NULL;
+
+        if (!v) {
+            snprintf(err, errlen, "'%s' wants a value", k);
+            return -1;
+        }
+        if (!strcmp(k, "key-prefix") && strlen(v) < sizeof(p->key_prefix)) {
+            str_copy(p->key_prefix, v, sizeof(p->key_prefix));
+        } else if (!strcmp(k, "routes") && strlen(v) < sizeof(p->routes_path)) {
+            has_routes = true;
+            if (strcmp(v, "pathname") != 0)
+                str_copy(p->routes_path, v, sizeof(p->routes_path));
+        } else if (!strcmp(k, "build") && strlen(v) < sizeof(p->build_id)) {
+            str_copy(p->build_id, v, sizeof(p->build_id));
+        } else {
+            snprintf(err, errlen, "bad pool setting '%s'", k);
+            return -1;
+        }
+    }
+    if (!has_routes) {
+        snprintf(err, errlen, "pool %s: 'routes <table file>' or 'routes pathname' is required",
+                 p->name);
+        return -1;
+    }
+    if (p->routes_path[0]) {
+        char why[256];
+
+        p->routes = routes_load(p->routes_path, why, sizeof(why));
+        if (!p->routes) {
+            snprintf(err, errlen, "pool %s: %s", p->name, why);
+            return -1;
+        }
+        if (!p->build_id[0])
+            str_copy(p->build_id, routes_build_id(p->routes), sizeof(p->build_id));
+    } else {
+        p->routes = routes_pathname();
+        if (!p->routes) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    c->npools++;
     return 0;
 }
 
@@ -202,6 +283,91 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         }
         return 0;
     }
+    if (!strcmp(kw, "valkey")) {
+        struct endpoint ep;
+
+        if (want_args(l, 1, err, errlen) < 0 || parse_endpoint(l->argv[1], &ep, err, errlen) < 0 ||
+            strlen(l->argv[1]) >= sizeof(c->valkey_addr))
+            goto bad;
+        str_copy(c->valkey_addr, l->argv[1], sizeof(c->valkey_addr));
+        return 0;
+    }
+    if (!strcmp(kw, "valkey-db")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 1000, &v) < 0)
+            goto bad;
+        c->valkey_db = (unsigned)v;
+        return 0;
+    }
+    if (!strcmp(kw, "valkey-timeout") || !strcmp(kw, "valkey-connect-timeout")) {
+        double d;
+
+        if (want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 || d <= 0 ||
+            d > 60)
+            goto bad;
+        if (!strcmp(kw, "valkey-timeout"))
+            c->valkey_timeout = d;
+        else
+            c->valkey_connect_timeout = d;
+        return 0;
+    }
+    if (!strcmp(kw, "valkey-max-reply")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v < 1024 ||
+            v > (256u << 20))
+            goto bad;
+        c->valkey_max_reply = v;
+        return 0;
+    }
+    if (!strcmp(kw, "pool"))
+        return parse_pool(c, l, err, errlen);
+    if (!strcmp(kw, "isr-expire")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100u * 365 * 86400, &v) < 0)
+            goto bad;
+        c->isr.expire = (int64_t)v;
+        return 0;
+    }
+    if (!strcmp(kw, "isr-powered-by") || !strcmp(kw, "isr-compress")) {
+        bool b;
+
+        if (want_args(l, 1, err, errlen) < 0 || parse_bool(l->argv[1], &b) < 0)
+            goto bad;
+        if (!strcmp(kw, "isr-powered-by"))
+            c->isr.powered_by = b;
+        else
+            c->isr.compress = b;
+        return 0;
+    }
+    if (!strcmp(kw, "isr-max-body")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v > (64u << 20))
+            goto bad;
+        c->isr.max_body = v;
+        return 0;
+    }
+    if (!strcmp(kw, "revalidate-lock")) {
+        double d;
+
+        if (want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 || d < 0.001 ||
+            d > 3600)
+            goto bad;
+        c->lock_ms = (unsigned)(d * 1000);
+        return 0;
+    }
+    if (!strcmp(kw, "revalidate-lock-prefix")) {
+        if (want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= sizeof(c->lock_prefix))
+            goto bad;
+        str_copy(c->lock_prefix, l->argv[1], sizeof(c->lock_prefix));
+        return 0;
+    }
+    if (!strcmp(kw, "session-cookie")) {
+        if (l->argc < 2 || l->argc - 1 > SPOA_MAX_SESSION_COOKIES)
+            goto bad;
+        c->nsession = 0;
+        for (int i = 1; i < l->argc; i++) {
+            if (!l->argv[i][0] || strlen(l->argv[i]) >= sizeof(c->session_cookie[0]))
+                goto bad;
+            str_copy(c->session_cookie[c->nsession++], l->argv[i], sizeof(c->session_cookie[0]));
+        }
+        return 0;
+    }
     if (!strcmp(kw, "default-locale")) {
         if (want_args(l, 1, err, errlen) < 0)
             return -1;
@@ -229,6 +395,10 @@ static int finish(struct spoa_conf *c, char *err, size_t errlen)
     }
     if (c->max_reassembly < c->max_frame_size)
         c->max_reassembly = c->max_frame_size;
+    if (c->valkey_addr[0] && c->npools == 0) {
+        snprintf(err, errlen, "'valkey' is set but no 'pool stable ...' says which keys to read");
+        return -1;
+    }
     return 0;
 }
 

@@ -5,12 +5,25 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "isr.h"
 #include "locale.h"
+#include "routes.h"
 #include "log.h"
 #include "util.h"
 
 #define SPOA_MAX_LISTEN 8
 #define SPOA_MAX_EXCLUDE 16
+#define SPOA_MAX_POOLS 2
+#define SPOA_MAX_SESSION_COOKIES 8
+
+/* One build's view of the ISR cache: where its keys live and how to name them. */
+struct spoa_pool {
+    char name[16];          /* "stable", "canary" */
+    char key_prefix[128];   /* the cache handler's keyPrefix */
+    char routes_path[256];  /* route table file; "" for the pathname scheme */
+    char build_id[128];     /* informative; the table's build line when it has one */
+    struct routes *routes;  /* owned */
+};
 
 /* Immutable once published to the workers; shared by reference count so that
  * a reload swaps it without locks on the request path. */
@@ -40,6 +53,20 @@ struct spoa_conf {
     unsigned nexclude;      /* path prefixes never redirected */
     const char *exclude[SPOA_MAX_EXCLUDE];
     char exclude_buf[SPOA_MAX_EXCLUDE][128];
+
+    /* ISR edge cache. Valkey settings are fixed at start-up. */
+    char valkey_addr[128]; /* "" = no edge cache: every request passes */
+    unsigned valkey_db;
+    double valkey_timeout;
+    double valkey_connect_timeout;
+    uint64_t valkey_max_reply;
+    struct spoa_pool pools[SPOA_MAX_POOLS];
+    unsigned npools;
+    struct isr_conf isr;
+    unsigned lock_ms; /* revalidation lock of a stale page */
+    char lock_prefix[64];
+    unsigned nsession; /* cookies that make a request private */
+    char session_cookie[SPOA_MAX_SESSION_COOKIES][64];
 };
 
 /* A new configuration with the defaults and one reference. */
@@ -47,6 +74,8 @@ struct spoa_conf *spoa_conf_new(void);
 void spoa_conf_hold(struct spoa_conf *c);
 void spoa_conf_release(struct spoa_conf *c);
 void spoa_conf_defaults(struct spoa_conf *c);
+/* Frees what a configuration owns (route tables); the struct itself stays. */
+void spoa_conf_clear(struct spoa_conf *c);
 /* Loads path over the defaults. Returns 0, or -1 with a reason in err. */
 int spoa_conf_load(const char *path, struct spoa_conf *c, char *err, size_t errlen);
 /* Same, from text (tests). */

@@ -1,19 +1,59 @@
 #include "handler.h"
 
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cookie.h"
+#include "isr.h"
 #include "locale.h"
+#include "log.h"
+#include "lookup.h"
+#include "routes.h"
+#include "valkey.h"
 
-/* Variable names without scope and prefix: HAProxy adds "txn.cedra.". */
+/* Variable names without scope and prefix: HAProxy adds "txn.cedra.". The
+ * full set is listed in haproxy/cedra-spoe.conf (register-var-names). */
 #define VAR_LOCALE "locale"
 #define VAR_ACTION "action"
 #define VAR_CACHE "cache"
 #define VAR_LOCATION "location"
 #define VAR_STATUS "status"
+#define VAR_BODY "body"
 
 /* Longest redirect target we build; longer requests are passed unchanged. */
 #define LOCATION_MAX 4096
+/* Longest If-None-Match we keep for a pending lookup; longer ones get a 200. */
+#define INM_MAX 1024
+#define KEY_MAX 1024
+
+static const char *const cache_names[] = {"HIT", "STALE", "MISS", "BYPASS", "ERROR"};
+
+/* The response headers Next.js sends and the variables that carry them to
+ * HAProxy's "http-request return" rules (haproxy/haproxy.cfg). */
+static const struct {
+    const char *header;
+    const char *var;
+} header_vars[] = {
+    {"vary", "h_vary"},
+    {"x-nextjs-cache", "h_nextjs_cache"},
+    {"x-nextjs-prerender", "h_prerender"},
+    {"x-nextjs-stale-time", "h_stale_time"},
+    {"x-powered-by", "h_powered_by"},
+    {"cache-control", "h_cache_control"},
+    {"etag", "h_etag"},
+};
+
+struct handler {
+    struct ev_loop *loop;
+    unsigned id;
+    struct valkey *valkey;
+    uint8_t *scratch; /* the ACK's actions */
+    size_t scratch_len;
+    struct handler_stats st;
+};
 
 struct str {
     const char *p;
@@ -28,15 +68,75 @@ struct request {
     struct str query;
     struct str cookie;
     struct str accept_language;
+    struct str if_none_match;
+    struct str cache_control;
+    int64_t rsc, prefetch, state_tree, segment_prefetch, authorization, if_modified_since;
 };
+
+/* A request waiting for Valkey. */
+struct pending {
+    struct handler *h;
+    struct spoe_req *req;
+    struct spoa_conf *conf;
+    int locale;
+    bool conditional; /* may be answered 304 */
+    char inm[INM_MAX];
+    size_t inm_len;
+};
+
+static bool str_is(struct str s, const char *lit)
+{
+    return s.len == strlen(lit) && memcmp(s.p, lit, s.len) == 0;
+}
 
 static bool arg_is(const char *n, size_t nl, const char *lit)
 {
     return nl == strlen(lit) && memcmp(n, lit, nl) == 0;
 }
 
+static int64_t int_value(const struct spoe_data *d)
+{
+    switch (d->type) {
+    case SPOE_INT32:
+        return d->u.i32;
+    case SPOE_UINT32:
+        return d->u.u32;
+    case SPOE_INT64:
+        return d->u.i64;
+    case SPOE_UINT64:
+        return d->u.u64 > INT64_MAX ? INT64_MAX : (int64_t)d->u.u64;
+    case SPOE_BOOL:
+        return d->u.b;
+    default:
+        return 0;
+    }
+}
+
 static void read_request(struct spoe_msg *m, struct request *rq)
 {
+    static const struct {
+        const char *name;
+        size_t off;
+    } strs[] = {
+        {"method", offsetof(struct request, method)},
+        {"path", offsetof(struct request, path)},
+        {"query", offsetof(struct request, query)},
+        {"cookie", offsetof(struct request, cookie)},
+        {"accept_language", offsetof(struct request, accept_language)},
+        {"if_none_match", offsetof(struct request, if_none_match)},
+        {"cache_control", offsetof(struct request, cache_control)},
+    };
+    static const struct {
+        const char *name;
+        size_t off;
+    } ints[] = {
+        {"rsc", offsetof(struct request, rsc)},
+        {"prefetch", offsetof(struct request, prefetch)},
+        {"state_tree", offsetof(struct request, state_tree)},
+        {"segment_prefetch", offsetof(struct request, segment_prefetch)},
+        {"authorization", offsetof(struct request, authorization)},
+        {"if_modified_since", offsetof(struct request, if_modified_since)},
+    };
     const char *n;
     size_t nl;
     struct spoe_data d;
@@ -44,20 +144,19 @@ static void read_request(struct spoe_msg *m, struct request *rq)
     memset(rq, 0, sizeof(*rq));
     while (spoe_arg_next(m, &n, &nl, &d) == 1) {
         /* A sample HAProxy could not fetch arrives as NULL: leave it empty. */
-        if (d.type != SPOE_STR && d.type != SPOE_BIN)
-            continue;
-        struct str v = {d.u.s.ptr, d.u.s.len};
+        if (d.type == SPOE_STR || d.type == SPOE_BIN) {
+            for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+                if (arg_is(n, nl, strs[i].name)) {
+                    struct str *s = (struct str *)((char *)rq + strs[i].off);
 
-        if (arg_is(n, nl, "path"))
-            rq->path = v;
-        else if (arg_is(n, nl, "method"))
-            rq->method = v;
-        else if (arg_is(n, nl, "query"))
-            rq->query = v;
-        else if (arg_is(n, nl, "cookie"))
-            rq->cookie = v;
-        else if (arg_is(n, nl, "accept_language"))
-            rq->accept_language = v;
+                    s->p = d.u.s.ptr;
+                    s->len = d.u.s.len;
+                }
+        } else if (d.type != SPOE_NULL) {
+            for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+                if (arg_is(n, nl, ints[i].name))
+                    *(int64_t *)((char *)rq + ints[i].off) = int_value(&d);
+        }
     }
 }
 
@@ -68,9 +167,44 @@ static void put_str_var(struct spoe_wbuf *w, const char *name, const char *val, 
     spoe_put_set_var(w, SPOE_SCOPE_TXN, name, strlen(name), &d);
 }
 
-static bool str_is(struct str s, const char *lit)
+static void put_int_var(struct spoe_wbuf *w, const char *name, int32_t v)
 {
-    return s.len == strlen(lit) && memcmp(s.p, lit, s.len) == 0;
+    struct spoe_data d = spoe_sint(v);
+
+    spoe_put_set_var(w, SPOE_SCOPE_TXN, name, strlen(name), &d);
+}
+
+static void put_locale(struct spoe_wbuf *w, const struct spoa_conf *conf, int loc)
+{
+    if (loc >= 0)
+        put_str_var(w, VAR_LOCALE, conf->locales.name[loc], conf->locales.len[loc]);
+}
+
+/* The pass answer: the origin handles the request. */
+static void put_pass(struct spoe_wbuf *w, struct handler_stats *st, enum handler_cache c)
+{
+    put_str_var(w, VAR_ACTION, "pass", 4);
+    put_str_var(w, VAR_CACHE, cache_names[c], strlen(cache_names[c]));
+    st->cache[c]++;
+}
+
+static void send_ack(struct handler *h, struct spoe_req *req, struct spoe_wbuf *w)
+{
+    if (w->overflow) {
+        /* HAProxy would reject an oversized ACK with DISCONNECT 3 and fail
+         * every stream on the connection: answer with nothing instead, the
+         * request passes to the origin. */
+        h->st.ack_too_big++;
+        w->len = 0;
+    }
+    spoe_req_ack(req, w->buf, w->len);
+}
+
+static void wbuf_for(struct handler *h, struct spoe_req *req, struct spoe_wbuf *w)
+{
+    size_t room = spoe_req_max_actions(req);
+
+    spoe_wbuf_init(w, h->scratch, room < h->scratch_len ? room : h->scratch_len);
 }
 
 /* The locale for an unprefixed page: a valid NEXT_LOCALE cookie, then
@@ -81,7 +215,8 @@ static int preferred_locale(const struct request *rq, const struct spoa_conf *co
     size_t vl;
     int loc;
 
-    if (rq->cookie.len && cookie_get(rq->cookie.p, rq->cookie.len, conf->locale_cookie, &v, &vl) &&
+    if (rq->cookie.len &&
+        cookie_get(rq->cookie.p, rq->cookie.len, conf->locale_cookie, &v, &vl) &&
         (loc = locale_find(&conf->locales, v, vl)) >= 0)
         return loc;
     if (rq->accept_language.len &&
@@ -96,7 +231,6 @@ static bool try_redirect(const struct request *rq, const struct spoa_conf *conf,
                          struct spoe_wbuf *w, struct handler_stats *st)
 {
     char target[LOCATION_MAX];
-    struct spoe_data code;
     int loc, n;
 
     /* Only safe methods: a redirected POST would lose or change its body. */
@@ -112,59 +246,270 @@ static bool try_redirect(const struct request *rq, const struct spoa_conf *conf,
         st->redirect_refused++;
         return false;
     }
-    put_str_var(w, VAR_LOCALE, conf->locales.name[loc], conf->locales.len[loc]);
+    put_locale(w, conf, loc);
     put_str_var(w, VAR_ACTION, "redirect", 8);
     put_str_var(w, VAR_LOCATION, target, (size_t)n);
-    code = spoe_sint((int32_t)conf->redirect_code);
-    spoe_put_set_var(w, SPOE_SCOPE_TXN, VAR_STATUS, strlen(VAR_STATUS), &code);
+    put_int_var(w, VAR_STATUS, (int32_t)conf->redirect_code);
     put_str_var(w, VAR_CACHE, "BYPASS", 6);
+    st->cache[CACHE_BYPASS]++;
     st->redirects++;
     return true;
 }
 
-static void decide(const struct request *rq, const struct spoa_conf *conf, struct spoe_wbuf *w,
-                   struct handler_stats *st)
+/* Requests a shared cache must not answer (DESIGN §3.2): they go to the origin. */
+static bool must_bypass(const struct request *rq, const struct spoa_conf *conf)
 {
-    int loc = locale_from_path(&conf->locales, rq->path.p, rq->path.len);
+    const char *v;
+    size_t vl;
 
-    if (loc >= 0) {
-        put_str_var(w, VAR_LOCALE, conf->locales.name[loc], conf->locales.len[loc]);
-        st->locale_found++;
-    } else {
-        st->locale_none++;
-        if (try_redirect(rq, conf, w, st))
-            return;
+    if (!str_is(rq->method, "GET") && !str_is(rq->method, "HEAD"))
+        return true;
+    /* Client navigations and prefetches want the RSC payload, not the HTML. */
+    if (rq->rsc || rq->prefetch || rq->state_tree || rq->segment_prefetch)
+        return true;
+    if (rq->authorization)
+        return true;
+    if (rq->cookie.len) {
+        if (cookie_get(rq->cookie.p, rq->cookie.len, "__prerender_bypass", &v, &vl) ||
+            cookie_get(rq->cookie.p, rq->cookie.len, "__next_preview_data", &v, &vl))
+            return true;
+        for (unsigned i = 0; i < conf->nsession; i++)
+            if (cookie_get(rq->cookie.p, rq->cookie.len, conf->session_cookie[i], &v, &vl))
+                return true;
     }
-    put_str_var(w, VAR_ACTION, "pass", 4);
-    put_str_var(w, VAR_CACHE, "BYPASS", 6);
+    return false;
 }
 
-void handler_notify(struct spoe_req *req, struct spoe_cur msgs, const struct spoa_conf *conf,
-                    uint8_t *scratch, size_t scratch_len, struct handler_stats *st)
+static const char *var_for_header(const char *name, bool second)
+{
+    if (second)
+        return strcasecmp(name, "x-nextjs-prerender") == 0 ? "h_prerender2" : NULL;
+    for (size_t i = 0; i < sizeof(header_vars) / sizeof(header_vars[0]); i++)
+        if (strcasecmp(name, header_vars[i].header) == 0)
+            return header_vars[i].var;
+    return NULL;
+}
+
+/* Writes the edge answer for a servable entry. Returns false when some part
+ * of what Next.js would send cannot be reproduced by the shipped HAProxy
+ * rules: the request then goes to the origin. */
+static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct isr_entry *e,
+                     enum isr_state state, bool not_modified)
+{
+    struct isr_headers hs;
+    bool seen_prerender = false;
+    int status = not_modified ? 304 : e->status;
+
+    if (status != 200 && status != 404 && status != 304)
+        return false;
+    if (isr_headers(e, state, not_modified, &p->conf->isr, &hs) < 0)
+        return false;
+    for (size_t i = 0; i < hs.n; i++) {
+        const struct isr_header *hd = &hs.h[i];
+        const char *var;
+
+        if (strcasecmp(hd->name, "content-type") == 0) {
+            /* The return rule sets it: it must be the one it sets. */
+            if (strcmp(hd->value, "text/html; charset=utf-8") != 0)
+                return false;
+            continue;
+        }
+        var = var_for_header(hd->name, strcasecmp(hd->name, "x-nextjs-prerender") == 0 &&
+                                           seen_prerender);
+        if (!var)
+            return false;
+        if (strcasecmp(hd->name, "x-nextjs-prerender") == 0)
+            seen_prerender = true;
+        put_str_var(w, var, hd->value, hd->value_len);
+    }
+    put_locale(w, p->conf, p->locale);
+    put_str_var(w, VAR_ACTION, "edge", 4);
+    put_int_var(w, VAR_STATUS, status);
+    if (!not_modified)
+        put_str_var(w, VAR_BODY, e->body, e->body_len);
+    return !w->overflow;
+}
+
+static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e,
+                      enum isr_state state, const char *why)
+{
+    struct pending *p = priv;
+    struct handler *h = p->h;
+    struct spoe_wbuf w;
+    enum handler_cache c = CACHE_MISS;
+
+    wbuf_for(h, p->req, &w);
+    switch (res) {
+    case LOOKUP_HIT:
+    case LOOKUP_STALE: {
+        bool nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
+
+        c = res == LOOKUP_HIT ? CACHE_HIT : CACHE_STALE;
+        if (put_edge(&w, p, e, state, nm)) {
+            put_str_var(&w, VAR_CACHE, cache_names[c], strlen(cache_names[c]));
+            h->st.cache[c]++;
+            h->st.not_modified += nm;
+            break;
+        }
+        /* Not reproducible here (too big for one ACK, unknown header...):
+         * the origin serves it. */
+        log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status,
+                  e->body_len);
+        wbuf_for(h, p->req, &w);
+        put_locale(&w, p->conf, p->locale);
+        put_pass(&w, &h->st, CACHE_MISS);
+        break;
+    }
+    case LOOKUP_REVALIDATE:
+        /* This request regenerates the page at the origin; Next.js answers it
+         * (stale) and refreshes Valkey. */
+        h->st.revalidations++;
+        put_locale(&w, p->conf, p->locale);
+        put_pass(&w, &h->st, CACHE_STALE);
+        break;
+    case LOOKUP_MISS:
+        put_locale(&w, p->conf, p->locale);
+        put_pass(&w, &h->st, CACHE_MISS);
+        break;
+    case LOOKUP_ERROR:
+        put_locale(&w, p->conf, p->locale);
+        put_pass(&w, &h->st, CACHE_ERROR);
+        log_debug("lookup_error", "worker=%u reason=%s", h->id, why);
+        break;
+    }
+    send_ack(h, p->req, &w);
+    isr_entry_free(e);
+    spoa_conf_release(p->conf);
+    free(p);
+}
+
+/* Starts the ISR lookup; false when the request is answered now instead. */
+static bool start_lookup(struct handler *h, struct spoe_req *req, const struct request *rq,
+                         struct spoa_conf *conf, int loc)
+{
+    const struct spoa_pool *pool = &conf->pools[0]; /* canary pinning: issue 5 */
+    struct lookup_params lp;
+    struct pending *p;
+    char key[KEY_MAX];
+
+    if (!h->valkey || conf->npools == 0)
+        return false;
+    if (routes_key(pool->routes, rq->path.p, rq->path.len, key, sizeof(key)) < 0)
+        return false;
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return false;
+    p->h = h;
+    p->req = req;
+    p->conf = conf;
+    p->locale = loc;
+    /* Next answers 304 only to If-None-Match without no-cache and without
+     * If-Modified-Since (it sends no Last-Modified). */
+    if (rq->if_none_match.len && rq->if_none_match.len <= INM_MAX && !rq->if_modified_since &&
+        !(rq->cache_control.len && isr_no_cache(rq->cache_control.p, rq->cache_control.len))) {
+        memcpy(p->inm, rq->if_none_match.p, rq->if_none_match.len);
+        p->inm_len = rq->if_none_match.len;
+        p->conditional = true;
+    }
+    lp.prefix = pool->key_prefix;
+    lp.key = key;
+    lp.lock_prefix = conf->lock_prefix;
+    lp.lock_ms = conf->lock_ms;
+    lp.isr = &conf->isr;
+    spoa_conf_hold(conf);
+    if (lookup_start(h->valkey, &lp, on_lookup, p) < 0) {
+        spoa_conf_release(conf);
+        free(p);
+        return false;
+    }
+    return true;
+}
+
+void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msgs,
+                    struct spoa_conf *conf)
 {
     struct spoe_wbuf w;
     struct spoe_msg m;
-    size_t room = spoe_req_max_actions(req);
+    bool answered = false;
 
-    st->notifies++;
-    spoe_wbuf_init(&w, scratch, room < scratch_len ? room : scratch_len);
+    h->st.notifies++;
+    wbuf_for(h, req, &w);
     while (spoe_msg_next(&msgs, &m) == 1) {
         struct request rq;
+        int loc;
 
-        if (!arg_is(m.name, m.name_len, conf->message)) {
-            st->other_messages++;
+        if (!arg_is(m.name, m.name_len, conf->message) || answered) {
+            h->st.other_messages++;
             continue;
         }
-        st->requests++;
+        answered = true;
+        h->st.requests++;
         read_request(&m, &rq);
-        decide(&rq, conf, &w, st);
+        loc = locale_from_path(&conf->locales, rq.path.p, rq.path.len);
+        if (loc < 0) {
+            h->st.locale_none++;
+            if (!try_redirect(&rq, conf, &w, &h->st))
+                put_pass(&w, &h->st, CACHE_BYPASS);
+            continue;
+        }
+        h->st.locale_found++;
+        if (!must_bypass(&rq, conf) && start_lookup(h, req, &rq, conf, loc))
+            return; /* on_lookup() answers */
+        put_locale(&w, conf, loc);
+        put_pass(&w, &h->st, CACHE_BYPASS);
     }
-    if (w.overflow) {
-        /* HAProxy would reject an oversized ACK with DISCONNECT 3 and fail
-         * every stream on the connection: answer with nothing instead, the
-         * request passes to the origin. */
-        st->ack_too_big++;
-        w.len = 0;
+    send_ack(h, req, &w);
+}
+
+struct handler *handler_new(struct ev_loop *loop, unsigned worker_id,
+                            const struct spoa_conf *conf)
+{
+    struct handler *h = calloc(1, sizeof(*h));
+    char name[32];
+
+    if (!h)
+        return NULL;
+    h->loop = loop;
+    h->id = worker_id;
+    h->scratch_len = conf->max_frame_size;
+    h->scratch = malloc(h->scratch_len);
+    if (!h->scratch) {
+        free(h);
+        return NULL;
     }
-    spoe_req_ack(req, scratch, w.len);
+    if (conf->valkey_addr[0]) {
+        struct valkey_cfg vc = {0};
+
+        snprintf(name, sizeof(name), "worker=%u", worker_id);
+        vc.addr = conf->valkey_addr;
+        vc.password = getenv("CEDRA_VALKEY_PASSWORD");
+        vc.username = getenv("CEDRA_VALKEY_USERNAME");
+        vc.db = conf->valkey_db;
+        vc.name = name;
+        vc.command_timeout = conf->valkey_timeout;
+        vc.connect_timeout = conf->valkey_connect_timeout;
+        vc.max_reply_size = conf->valkey_max_reply;
+        h->valkey = valkey_new(loop, &vc);
+        if (!h->valkey) {
+            free(h->scratch);
+            free(h);
+            return NULL;
+        }
+    }
+    return h;
+}
+
+void handler_free(struct handler *h)
+{
+    if (!h)
+        return;
+    if (h->valkey)
+        valkey_free(h->valkey); /* pending lookups answer "pass" now */
+    free(h->scratch);
+    free(h);
+}
+
+const struct handler_stats *handler_stats(const struct handler *h)
+{
+    return &h->st;
 }

@@ -45,16 +45,14 @@ struct worker {
     struct conn_node conns; /* list head */
     unsigned nconns;
 
-    uint8_t *scratch;
-    size_t scratch_len;
-    struct handler_stats stats;
+    struct handler *handler;
 };
 
 static void on_notify(struct spoe_req *req, struct spoe_cur msgs, void *udata)
 {
     struct worker *w = udata;
 
-    handler_notify(req, msgs, w->conf, w->scratch, w->scratch_len, &w->stats);
+    handler_notify(w->handler, req, msgs, w->conf);
 }
 
 static void on_event(struct spoe_conn *conn, const struct spoe_event *ev, void *udata)
@@ -220,9 +218,9 @@ struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, u
     w->id = id;
     w->loop = ev_loop_new(EVFLAG_AUTO);
     w->ls = calloc(nfds ? nfds : 1, sizeof(*w->ls));
-    w->scratch_len = conf->max_frame_size;
-    w->scratch = malloc(w->scratch_len);
-    if (!w->loop || !w->ls || !w->scratch) {
+    if (w->loop)
+        w->handler = handler_new(w->loop, id, conf);
+    if (!w->loop || !w->ls || !w->handler) {
         worker_free(w);
         return NULL;
     }
@@ -265,6 +263,9 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
 
     ev_run(w->loop, 0);
+    /* Pending lookups answer now (to the origin), on this thread. */
+    handler_free(w->handler);
+    w->handler = NULL;
     return NULL;
 }
 
@@ -310,6 +311,7 @@ void worker_free(struct worker *w)
 
     if (!w)
         return;
+    handler_free(w->handler);
     if (w->loop)
         ev_loop_destroy(w->loop);
     c = atomic_exchange(&w->next_conf, NULL);
@@ -317,7 +319,6 @@ void worker_free(struct worker *w)
         spoa_conf_release(c);
     if (w->conf)
         spoa_conf_release(w->conf);
-    free(w->scratch);
     free(w->ls);
     free(w);
 }
