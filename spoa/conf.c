@@ -320,7 +320,8 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "pool"))
         return parse_pool(c, l, err, errlen);
     if (!strcmp(kw, "isr-expire")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100u * 365 * 86400, &v) < 0)
+        if (want_args(l, 1, err, errlen) < 0 ||
+            parse_uint(l->argv[1], 0, 100u * 365 * 86400, &v) < 0)
             goto bad;
         c->isr.expire = (int64_t)v;
         return 0;

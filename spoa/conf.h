@@ -18,11 +18,11 @@
 
 /* One build's view of the ISR cache: where its keys live and how to name them. */
 struct spoa_pool {
-    char name[16];          /* "stable", "canary" */
-    char key_prefix[128];   /* the cache handler's keyPrefix */
-    char routes_path[256];  /* route table file; "" for the pathname scheme */
-    char build_id[128];     /* informative; the table's build line when it has one */
-    struct routes *routes;  /* owned */
+    char name[16];         /* "stable", "canary" */
+    char key_prefix[128];  /* the cache handler's keyPrefix */
+    char routes_path[256]; /* route table file; "" for the pathname scheme */
+    char build_id[128];    /* informative; the table's build line when it has one */
+    struct routes *routes; /* owned */
 };
 
 /* Immutable once published to the workers; shared by reference count so that

@@ -215,8 +215,7 @@ static int preferred_locale(const struct request *rq, const struct spoa_conf *co
     size_t vl;
     int loc;
 
-    if (rq->cookie.len &&
-        cookie_get(rq->cookie.p, rq->cookie.len, conf->locale_cookie, &v, &vl) &&
+    if (rq->cookie.len && cookie_get(rq->cookie.p, rq->cookie.len, conf->locale_cookie, &v, &vl) &&
         (loc = locale_find(&conf->locales, v, vl)) >= 0)
         return loc;
     if (rq->accept_language.len &&
@@ -314,8 +313,8 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
                 return false;
             continue;
         }
-        var = var_for_header(hd->name, strcasecmp(hd->name, "x-nextjs-prerender") == 0 &&
-                                           seen_prerender);
+        var = var_for_header(hd->name,
+                             strcasecmp(hd->name, "x-nextjs-prerender") == 0 && seen_prerender);
         if (!var)
             return false;
         if (strcasecmp(hd->name, "x-nextjs-prerender") == 0)
@@ -330,8 +329,8 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
     return !w->overflow;
 }
 
-static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e,
-                      enum isr_state state, const char *why)
+static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, enum isr_state state,
+                      const char *why)
 {
     struct pending *p = priv;
     struct handler *h = p->h;
@@ -353,8 +352,7 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e,
         }
         /* Not reproducible here (too big for one ACK, unknown header...):
          * the origin serves it. */
-        log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status,
-                  e->body_len);
+        log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
         wbuf_for(h, p->req, &w);
         put_locale(&w, p->conf, p->locale);
         put_pass(&w, &h->st, CACHE_MISS);
@@ -461,8 +459,7 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
     send_ack(h, req, &w);
 }
 
-struct handler *handler_new(struct ev_loop *loop, unsigned worker_id,
-                            const struct spoa_conf *conf)
+struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf)
 {
     struct handler *h = calloc(1, sizeof(*h));
     char name[32];

@@ -31,8 +31,7 @@ struct handler_stats {
 enum handler_cache { CACHE_HIT, CACHE_STALE, CACHE_MISS, CACHE_BYPASS, CACHE_ERROR };
 
 /* One per worker. Connects to Valkey when conf has an edge cache. */
-struct handler *handler_new(struct ev_loop *loop, unsigned worker_id,
-                            const struct spoa_conf *conf);
+struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf);
 /* Pending lookups complete (passing to the origin) before this returns. */
 void handler_free(struct handler *h);
 

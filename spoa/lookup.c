@@ -24,9 +24,9 @@ struct lookup {
     bool absent;
     struct isr_entry *entry;
     enum isr_state state;
-    char key[KEY_MAX];       /* prefix + key */
-    char field[KEY_MAX];     /* key without prefix */
-    char shared[KEY_MAX];    /* <prefix>__sharedTags__ */
+    char key[KEY_MAX];         /* prefix + key */
+    char field[KEY_MAX];       /* key without prefix */
+    char shared[KEY_MAX];      /* <prefix>__sharedTags__ */
     char revalidated[KEY_MAX]; /* <prefix>__revalidated_tags__ */
     char lock[KEY_MAX];
 };

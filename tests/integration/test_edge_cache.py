@@ -1,0 +1,244 @@
+"""The ISR edge path through the real HAProxy 2.6 and the shipped config,
+against a real redis-server holding the exact values the real Next.js 16.4.6
++ @fortedigital/nextjs-cache-handler wrote (tests/fixtures/isr/v16), with
+their timestamps moved to now. The Next.js end-to-end tests live in
+test_nextjs.py; this one pins the edge's reading of the handler's layout."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import unittest
+
+import harness
+from test_haproxy import HaproxyCase, SF
+from test_locale_routing import raw_request
+
+FIX = os.path.join(harness.REPO, "tests", "fixtures", "isr", "v16")
+PREFIX = "storefront:"
+ROUTE_KEY = ("/route-cache/APP_PAGE/600fe424a8f39649d833b7ff10b31023d5c4f89f76ff08babb88a1011243c40d"
+             "/$/fr/products/%s")
+
+
+def redis_cmd(port, *args):
+    """A minimal RESP client: one command, one reply (str/int/None/list)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+        return _read(f)
+    finally:
+        s.close()
+
+
+def _read(f):
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t in (b"+", b"-"):
+        return rest.decode()
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data
+    if t == b"*":
+        return [_read(f) for _ in range(int(rest))]
+    raise AssertionError("bad RESP %r" % line)
+
+
+def load_value(name):
+    with open(os.path.join(FIX, "values", name)) as f:
+        return json.load(f)
+
+
+def aged(value, age_s):
+    """The value as if written age_s seconds ago (lifespan moved along)."""
+    v = json.loads(json.dumps(value))
+    now_ms = int(time.time() * 1000) - int(age_s * 1000)
+    ls = v["lifespan"]
+    v["lastModified"] = now_ms
+    ls["lastModifiedAt"] = now_ms // 1000
+    ls["staleAt"] = ls["lastModifiedAt"] + ls["staleAge"]
+    ls["expireAt"] = ls["lastModifiedAt"] + ls["expireAge"]
+    return v
+
+
+class EdgeCacheTest(HaproxyCase):
+    def start_redis(self):
+        harness.require_tool("redis-server")
+        port = harness.free_port()
+        proc = self.env.spawn("redis-server", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                               "--save", "", "--appendonly", "no"])
+        proc.expect_rc = (0, -signal.SIGTERM)
+        harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", port) and
+                           redis_cmd(port, "PING") == "PONG", 10, what="redis PING")
+        return proc, port
+
+    def put_page(self, slug, value, shared=True):
+        key = ROUTE_KEY % slug
+        redis_cmd(self.rport, "SET", PREFIX + key, json.dumps(value))
+        if shared:
+            redis_cmd(self.rport, "HSET", PREFIX + "__sharedTags__", key, json.dumps(value["tags"]))
+        return key
+
+    def setUp(self):
+        super().setUp()
+        self.redis, self.rport = self.start_redis()
+        extra = "\n".join([
+            "valkey 127.0.0.1:%d" % self.rport,
+            "valkey-timeout 80ms",
+            "pool stable key-prefix %s routes %s" % (PREFIX, os.path.join(FIX, "routes.table")),
+            "revalidate-lock 5s",
+            "session-cookie sid",
+        ])
+        self.start_stack(extra=extra)
+        self.wait_spoa_check()
+        self.chair = load_value("product-chair.json")
+        self.html = self.chair["value"]["html"].encode()
+        with open(os.path.join(FIX, "origin", "product-2.headers")) as f:
+            self.next_headers = {}
+            for line in f.read().splitlines()[1:]:
+                k, _, v = line.partition(":")
+                if k:
+                    self.next_headers[k.strip().lower()] = v.strip()
+
+    def get(self, path, headers=None, method="GET"):
+        st, hdrs, body, _ = raw_request(self.hap.port, method, path, headers or {})
+        return st, hdrs, body
+
+    def wait_hit(self, path):
+        """Valkey connects asynchronously at start: the first requests may pass."""
+        harness.wait_until(lambda: self.get(path)[1].get("x-cedra-cache") == "HIT", 10 * SF,
+                           what="HIT on %s" % path)
+
+    def test_fresh_page_is_served_by_the_edge_as_nextjs_serves_it(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        st, hdrs, body = self.get("/fr/products/chair")
+        self.assertEqual(st, 200)
+        self.assertNotIn("x-origin", hdrs, "served by the origin, not the edge")
+        self.assertEqual(body, self.html)
+        self.assertEqual(hdrs["x-cedra-cache"], "HIT")
+        self.assertEqual(hdrs["x-cedra-locale"], "fr")
+        # What Next.js sent for the same entry (captured from the real app).
+        for h in ("content-type", "cache-control", "vary", "etag", "x-nextjs-cache",
+                  "x-nextjs-stale-time", "x-nextjs-prerender", "x-powered-by"):
+            self.assertEqual(hdrs.get(h), self.next_headers[h], h)
+        self.assertNotIn("x-next-cache-tags", hdrs)
+        self.assertEqual(int(hdrs["content-length"]), len(self.html))
+
+    def test_if_none_match_gets_304(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        etag = self.next_headers["etag"]
+        st, hdrs, body = self.get("/fr/products/chair", {"If-None-Match": etag})
+        self.assertEqual((st, body), (304, b""))
+        self.assertEqual(hdrs["etag"], etag)
+        self.assertNotIn("x-origin", hdrs)
+        # Next answers 200 when the request says no-cache, or to another tag.
+        st, _, _ = self.get("/fr/products/chair", {"If-None-Match": etag, "Cache-Control": "no-cache"})
+        self.assertEqual(st, 200)
+        st, _, _ = self.get("/fr/products/chair", {"If-None-Match": '"other"'})
+        self.assertEqual(st, 200)
+
+    def test_404_page_comes_back_404_from_the_edge(self):
+        nope = load_value("product-nope-404.json")
+        self.put_page("nope", aged(nope, 1))
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        st, hdrs, body = self.get("/fr/products/nope")
+        self.assertEqual(st, 404)
+        self.assertEqual(hdrs["x-cedra-cache"], "HIT")
+        self.assertEqual(body, nope["value"]["html"].encode())
+        self.assertNotIn("x-origin", hdrs)
+
+    def test_misses_go_to_the_origin(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        # absent key
+        st, hdrs, body = self.get("/fr/products/table")
+        self.assertEqual((st, hdrs.get("x-origin"), hdrs["x-cedra-cache"]), (200, "1", "MISS"))
+        # present but not in __sharedTags__: the handler treats it as a miss
+        self.put_page("lamp", aged(self.chair, 1), shared=False)
+        st, hdrs, _ = self.get("/fr/products/lamp")
+        self.assertEqual((hdrs.get("x-origin"), hdrs["x-cedra-cache"]), ("1", "MISS"))
+        # expired (past lifespan.expireAt)
+        self.put_page("chair", aged(self.chair, 60))
+        st, hdrs, _ = self.get("/fr/products/chair")
+        self.assertEqual((hdrs.get("x-origin"), hdrs["x-cedra-cache"]), ("1", "MISS"))
+
+    def test_revalidated_tag_is_never_served_again(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        # revalidatePath records the _N_T_ tag with the time of the call
+        redis_cmd(self.rport, "HSET", PREFIX + "__revalidated_tags__", "_N_T_/fr/products/chair",
+                  str(int(time.time() * 1000) + 5))
+        for _ in range(5):
+            st, hdrs, _ = self.get("/fr/products/chair")
+            self.assertEqual((hdrs.get("x-origin"), hdrs["x-cedra-cache"]), ("1", "MISS"))
+
+    def test_stale_page_one_request_revalidates(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        self.put_page("chair", aged(self.chair, 12))  # past revalidate (10 s), before expire (15 s)
+        results = [self.get("/fr/products/chair") for _ in range(10)]
+        to_origin = [r for r in results if r[1].get("x-origin") == "1"]
+        from_edge = [r for r in results if "x-origin" not in r[1]]
+        self.assertEqual(len(to_origin), 1, [r[1] for r in results])
+        self.assertEqual(to_origin[0][1]["x-cedra-cache"], "STALE")
+        for st, hdrs, body in from_edge:
+            self.assertEqual((st, hdrs["x-cedra-cache"], hdrs["x-nextjs-cache"]), (200, "STALE", "STALE"))
+            self.assertEqual(body, self.html)
+
+    def test_bypass_cases_reach_the_origin(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        cases = [
+            ("GET", {"RSC": "1"}),
+            ("GET", {"Next-Router-Prefetch": "1"}),
+            ("GET", {"Next-Router-Segment-Prefetch": "/_tree"}),
+            ("GET", {"Cookie": "sid=abc"}),
+            ("GET", {"Cookie": "a=1; __prerender_bypass=x"}),
+            ("GET", {"Authorization": "Bearer x"}),
+            ("POST", {}),
+        ]
+        for method, headers in cases:
+            with self.subTest(method=method, headers=headers):
+                st, hdrs, _ = self.get("/fr/products/chair", headers, method=method)
+                self.assertEqual((hdrs.get("x-origin"), hdrs["x-cedra-cache"]), ("1", "BYPASS"))
+
+    def test_valkey_down_fails_open(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        self.redis.kill9()
+        for _ in range(5):
+            st, hdrs, body = self.get("/fr/products/chair")
+            self.assertEqual((st, hdrs.get("x-origin")), (200, "1"))
+            self.assertIn(hdrs["x-cedra-cache"], ("ERROR",))
+
+    def test_valkey_frozen_fails_open_in_time(self):
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        self.redis.signal(signal.SIGSTOP)
+        try:
+            for _ in range(5):
+                t0 = time.monotonic()
+                st, hdrs, _ = self.get("/fr/products/chair")
+                self.assertEqual((st, hdrs.get("x-origin")), (200, "1"))
+                self.assertLess(time.monotonic() - t0, 2.0 * SF)
+        finally:
+            self.redis.signal(signal.SIGCONT)
+        self.wait_hit("/fr/products/chair")
+
+
+if __name__ == "__main__":
+    unittest.main()
