@@ -317,6 +317,13 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         c->valkey_max_reply = v;
         return 0;
     }
+    if (!strcmp(kw, "deliver")) {
+        if (want_args(l, 1, err, errlen) < 0 ||
+            parse_endpoint(l->argv[1], &c->deliver, err, errlen) < 0)
+            goto bad;
+        c->has_deliver = true;
+        return 0;
+    }
     if (!strcmp(kw, "pool"))
         return parse_pool(c, l, err, errlen);
     if (!strcmp(kw, "isr-expire")) {

@@ -65,6 +65,8 @@ struct spoa_conf {
     struct isr_conf isr;
     unsigned lock_ms; /* revalidation lock of a stale page */
     char lock_prefix[64];
+    bool has_deliver; /* local delivery path for pages bigger than one ACK */
+    struct endpoint deliver;
     unsigned nsession; /* cookies that make a request private */
     char session_cookie[SPOA_MAX_SESSION_COOKIES][64];
 };

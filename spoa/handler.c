@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "cookie.h"
+#include "deliver.h"
 #include "isr.h"
 #include "locale.h"
 #include "log.h"
@@ -22,6 +23,7 @@
 #define VAR_LOCATION "location"
 #define VAR_STATUS "status"
 #define VAR_BODY "body"
+#define VAR_TOKEN "token"
 
 /* Longest redirect target we build; longer requests are passed unchanged. */
 #define LOCATION_MAX 4096
@@ -49,6 +51,7 @@ static const struct {
 struct handler {
     struct ev_loop *loop;
     unsigned id;
+    struct deliver *deliver;
     struct valkey *valkey;
     uint8_t *scratch; /* the ACK's actions */
     size_t scratch_len;
@@ -329,6 +332,13 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
     return !w->overflow;
 }
 
+/* The delivery server reproduces the same statuses and headers as the
+ * HAProxy rules; only the size differs. */
+static bool deliver_fits(const struct pending *p, const struct isr_entry *e)
+{
+    return (e->status == 200 || e->status == 404) && e->body_len <= p->conf->isr.max_body;
+}
+
 static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, enum isr_state state,
                       const char *why)
 {
@@ -350,11 +360,26 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
             h->st.not_modified += nm;
             break;
         }
-        /* Not reproducible here (too big for one ACK, unknown header...):
-         * the origin serves it. */
-        log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
         wbuf_for(h, p->req, &w);
         put_locale(&w, p->conf, p->locale);
+        /* Too big for one ACK: the local delivery path serves it. */
+        if (h->deliver && deliver_fits(p, e)) {
+            char token[DELIVER_TOKEN_SIZE];
+
+            if (deliver_put(h->deliver, e, state, nm, &p->conf->isr, token) == 0) {
+                e = NULL; /* parked: the delivery server owns it now */
+                put_str_var(&w, VAR_ACTION, "deliver", 7);
+                put_str_var(&w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
+                put_str_var(&w, VAR_CACHE, cache_names[c], strlen(cache_names[c]));
+                h->st.cache[c]++;
+                h->st.not_modified += nm;
+                h->st.delivered++;
+                break;
+            }
+        }
+        /* Not reproducible here (unknown header, odd status...): the origin
+         * serves it. */
+        log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
         put_pass(&w, &h->st, CACHE_MISS);
         break;
     }
@@ -459,7 +484,8 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
     send_ack(h, req, &w);
 }
 
-struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf)
+struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
+                            struct deliver *deliver)
 {
     struct handler *h = calloc(1, sizeof(*h));
     char name[32];
@@ -468,6 +494,7 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
         return NULL;
     h->loop = loop;
     h->id = worker_id;
+    h->deliver = deliver;
     h->scratch_len = conf->max_frame_size;
     h->scratch = malloc(h->scratch_len);
     if (!h->scratch) {

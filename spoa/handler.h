@@ -12,6 +12,7 @@
 
 struct ev_loop;
 struct handler;
+struct deliver;
 
 /* Per-worker counters; read by other threads only as approximate figures. */
 struct handler_stats {
@@ -26,12 +27,15 @@ struct handler_stats {
     uint64_t not_modified;     /* 304 from the edge */
     uint64_t revalidations;    /* stale pages sent to the origin to regenerate */
     uint64_t ack_too_big;
+    uint64_t delivered; /* pages handed to the local delivery path */
 };
 
 enum handler_cache { CACHE_HIT, CACHE_STALE, CACHE_MISS, CACHE_BYPASS, CACHE_ERROR };
 
-/* One per worker. Connects to Valkey when conf has an edge cache. */
-struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf);
+/* One per worker. Connects to Valkey when conf has an edge cache. deliver
+ * (shared by the workers, may be NULL) serves pages too big for an ACK. */
+struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
+                            struct deliver *deliver);
 /* Pending lookups complete (passing to the origin) before this returns. */
 void handler_free(struct handler *h);
 

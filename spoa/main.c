@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "deliver.h"
 #include "log.h"
 #include "net.h"
 #include "worker.h"
@@ -34,6 +35,7 @@ struct daemon {
     unsigned nworkers;
     int *fds; /* nworkers * nlisten, by worker then listener */
     unsigned nfds;
+    struct deliver *deliver;
 };
 
 static void usage(FILE *f)
@@ -259,6 +261,18 @@ int main(int argc, char **argv)
         }
     }
 
+    if (d.conf->has_deliver) {
+        struct deliver_cfg dc = {.listen = &d.conf->deliver};
+
+        d.deliver = deliver_start(&dc, err, sizeof(err));
+        if (!d.deliver) {
+            log_error("deliver_failed", "reason=\"%s\"", err);
+            close_listeners(&d);
+            spoa_conf_release(d.conf);
+            return 1;
+        }
+    }
+
     /* Workers must not take the signals: only the main loop handles them. */
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
@@ -267,7 +281,8 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &block, &old);
     d.workers = calloc(d.conf->threads, sizeof(*d.workers));
     for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
-        struct worker *w = worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten);
+        struct worker *w =
+            worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten, d.deliver);
 
         if (!w || worker_start(w) < 0) {
             log_error("worker_failed", "worker=%u error=\"%s\"", i, strerror(errno));
@@ -304,6 +319,7 @@ int main(int argc, char **argv)
         worker_free(d.workers[i]);
     }
     free(d.workers);
+    deliver_stop(d.deliver); /* after the workers: they park pages in it */
     close_listeners(&d);
     if (pidfile)
         unlink(pidfile);

@@ -209,7 +209,8 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         begin_stop(w);
 }
 
-struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, unsigned nfds)
+struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, unsigned nfds,
+                          struct deliver *deliver)
 {
     struct worker *w = calloc(1, sizeof(*w));
 
@@ -219,7 +220,7 @@ struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, u
     w->loop = ev_loop_new(EVFLAG_AUTO);
     w->ls = calloc(nfds ? nfds : 1, sizeof(*w->ls));
     if (w->loop)
-        w->handler = handler_new(w->loop, id, conf);
+        w->handler = handler_new(w->loop, id, conf, deliver);
     if (!w->loop || !w->ls || !w->handler) {
         worker_free(w);
         return NULL;

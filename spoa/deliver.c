@@ -1,0 +1,324 @@
+#include "deliver.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "net.h"
+
+#define DEF_MAX_PARKED 1024
+#define DEF_TTL 10.0
+#define DEF_THREADS 2
+
+struct parked {
+    char token[DELIVER_TOKEN_SIZE];
+    struct isr_entry *entry;
+    enum isr_state state;
+    bool not_modified;
+    struct isr_conf conf;
+    double expires;
+};
+
+struct deliver {
+    struct MHD_Daemon *daemon;
+    pthread_mutex_t lock;
+    struct parked **slot; /* open addressing, capacity cap (a power of two) */
+    unsigned cap;
+    unsigned count;
+    unsigned max_parked;
+    double ttl;
+    struct deliver_stats st;
+};
+
+static double now_s(void)
+{
+    return now_mono();
+}
+
+static uint64_t token_hash(const char *t)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: tokens are random already */
+
+    for (; *t; t++)
+        h = (h ^ (unsigned char)*t) * 1099511628211ULL;
+    return h;
+}
+
+static void parked_free(struct parked *p)
+{
+    if (p) {
+        isr_entry_free(p->entry);
+        free(p);
+    }
+}
+
+/* Removes and returns the item at i, re-inserting the run behind it
+ * (backward-shift deletion keeps probing correct). Lock held. */
+static struct parked *take_at(struct deliver *d, unsigned i)
+{
+    struct parked *p = d->slot[i];
+    unsigned j = i;
+
+    d->slot[i] = NULL;
+    d->count--;
+    for (;;) {
+        struct parked *q;
+        unsigned home;
+
+        j = (j + 1) & (d->cap - 1);
+        q = d->slot[j];
+        if (!q)
+            break;
+        home = (unsigned)token_hash(q->token) & (d->cap - 1);
+        /* Move q back to i when i lies on its probe path. */
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            d->slot[i] = q;
+            d->slot[j] = NULL;
+            i = j;
+        }
+    }
+    return p;
+}
+
+static void sweep(struct deliver *d, double now)
+{
+    for (unsigned i = 0; i < d->cap; i++) {
+        while (d->slot[i] && d->slot[i]->expires <= now) {
+            parked_free(take_at(d, i));
+            d->st.expired++;
+        }
+    }
+}
+
+int deliver_put(struct deliver *d, struct isr_entry *e, enum isr_state st, bool not_modified,
+                const struct isr_conf *conf, char token[DELIVER_TOKEN_SIZE])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[16];
+    struct parked *p;
+    double now = now_s();
+    unsigned i;
+
+    /* Unguessable: a client cannot ask for a page parked for another one. */
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        return -1;
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return -1;
+    for (i = 0; i < sizeof(rnd); i++) {
+        p->token[2 * i] = hex[rnd[i] >> 4];
+        p->token[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    p->token[32] = '\0';
+    p->entry = e;
+    p->state = st;
+    p->not_modified = not_modified;
+    p->conf = *conf;
+    p->expires = now + d->ttl;
+    pthread_mutex_lock(&d->lock);
+    /* Unclaimed pages (a client gone between the ACK and HAProxy's request)
+     * must not pile up: sweep now and then, and whenever full. */
+    if (d->count >= d->max_parked || d->st.parked % 64 == 0)
+        sweep(d, now);
+    if (d->count >= d->max_parked) {
+        d->st.refused++;
+        pthread_mutex_unlock(&d->lock);
+        free(p);
+        return -1;
+    }
+    i = (unsigned)token_hash(p->token) & (d->cap - 1);
+    while (d->slot[i])
+        i = (i + 1) & (d->cap - 1);
+    d->slot[i] = p;
+    d->count++;
+    d->st.parked++;
+    pthread_mutex_unlock(&d->lock);
+    memcpy(token, p->token, DELIVER_TOKEN_SIZE);
+    return 0;
+}
+
+static struct parked *take(struct deliver *d, const char *token)
+{
+    struct parked *p = NULL;
+    unsigned i;
+
+    if (strlen(token) != DELIVER_TOKEN_SIZE - 1)
+        return NULL;
+    pthread_mutex_lock(&d->lock);
+    i = (unsigned)token_hash(token) & (d->cap - 1);
+    while (d->slot[i]) {
+        if (strcmp(d->slot[i]->token, token) == 0) {
+            p = take_at(d, i);
+            break;
+        }
+        i = (i + 1) & (d->cap - 1);
+    }
+    if (p && p->expires <= now_s()) {
+        parked_free(p);
+        p = NULL;
+        d->st.expired++;
+    }
+    if (p)
+        d->st.delivered++;
+    else
+        d->st.unknown++;
+    pthread_mutex_unlock(&d->lock);
+    return p;
+}
+
+static void free_parked_cb(void *cls)
+{
+    parked_free(cls);
+}
+
+static enum MHD_Result simple(struct MHD_Connection *conn, unsigned status, const char *text)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result rc;
+
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    rc = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    struct deliver *d = cls;
+    const char *token;
+    struct parked *p;
+    struct isr_headers hs;
+    struct MHD_Response *r;
+    enum MHD_Result rc;
+    unsigned status;
+
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return simple(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    token = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, DELIVER_HEADER);
+    if (!token)
+        return simple(conn, MHD_HTTP_NOT_FOUND, "no token\n");
+    p = take(d, token);
+    if (!p) {
+        /* Parked too long or a restart in between: HAProxy asked for a page
+         * we no longer hold. */
+        log_warning("deliver_unknown_token", "url_len=%zu", strlen(url));
+        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page expired, retry\n");
+    }
+    if (isr_headers(p->entry, p->state, p->not_modified, &p->conf, &hs) < 0) {
+        parked_free(p);
+        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
+    }
+    status = p->not_modified ? 304u : (unsigned)p->entry->status;
+    if (p->not_modified) {
+        r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    } else {
+        /* Zero copy: the body is the parked entry's, freed once sent. */
+        r = MHD_create_response_from_buffer_with_free_callback_cls(
+            p->entry->body_len, (void *)p->entry->body, free_parked_cb, p);
+    }
+    if (!r) {
+        parked_free(p);
+        return MHD_NO;
+    }
+    for (size_t i = 0; i < hs.n; i++)
+        MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
+    rc = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    if (p->not_modified)
+        parked_free(p);
+    return rc;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[256], q[300];
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+
+    if (n <= 0)
+        return;
+    if ((size_t)n >= sizeof(msg))
+        n = (int)sizeof(msg) - 1;
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        n--;
+    log_warning("deliver_httpd", "msg=%s", log_quote(q, sizeof(q), msg, (size_t)n));
+}
+
+struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t errlen)
+{
+    struct deliver *d = calloc(1, sizeof(*d));
+    int fd;
+
+    if (!d) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->max_parked = cfg->max_parked ? cfg->max_parked : DEF_MAX_PARKED;
+    d->ttl = cfg->ttl > 0 ? cfg->ttl : DEF_TTL;
+    for (d->cap = 16; d->cap < d->max_parked * 2; d->cap *= 2)
+        ;
+    d->slot = calloc(d->cap, sizeof(*d->slot));
+    if (!d->slot) {
+        free(d);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&d->lock, NULL);
+    fd = net_listen(cfg->listen, 256, false, 0600, err, errlen);
+    if (fd < 0) {
+        pthread_mutex_destroy(&d->lock);
+        free(d->slot);
+        free(d);
+        return NULL;
+    }
+    d->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_request, d, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads ? cfg->threads : DEF_THREADS),
+        MHD_OPTION_CONNECTION_LIMIT, 4096u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), MHD_OPTION_END);
+    if (!d->daemon) {
+        snprintf(err, errlen, "cannot start the delivery server on %s", cfg->listen->text);
+        close(fd);
+        pthread_mutex_destroy(&d->lock);
+        free(d->slot);
+        free(d);
+        return NULL;
+    }
+    log_info("deliver_listen", "addr=%s", cfg->listen->text);
+    return d;
+}
+
+void deliver_stop(struct deliver *d)
+{
+    if (!d)
+        return;
+    MHD_stop_daemon(d->daemon);
+    for (unsigned i = 0; i < d->cap; i++)
+        parked_free(d->slot[i]);
+    pthread_mutex_destroy(&d->lock);
+    free(d->slot);
+    free(d);
+}
+
+void deliver_get_stats(struct deliver *d, struct deliver_stats *out)
+{
+    pthread_mutex_lock(&d->lock);
+    *out = d->st;
+    pthread_mutex_unlock(&d->lock);
+}

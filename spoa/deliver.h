@@ -1,0 +1,46 @@
+/* The local delivery path for pages too big for an SPOE ACK and an HAProxy
+ * buffer. The worker that decided a HIT parks the entry here under a random
+ * one-time token and tells HAProxy to route the request to this small HTTP
+ * server (libmicrohttpd) with the token in a header; the page then streams
+ * through HAProxy's normal buffers, so no tune.bufsize increase is needed. */
+#ifndef CEDRA_DELIVER_H
+#define CEDRA_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "isr.h"
+#include "util.h"
+
+#define DELIVER_TOKEN_SIZE 33 /* 32 hex digits + NUL */
+#define DELIVER_HEADER "x-cedra-token"
+
+struct deliver;
+
+struct deliver_cfg {
+    const struct endpoint *listen; /* loopback TCP or a UNIX socket */
+    unsigned threads;              /* MHD thread pool; 0 = 2 */
+    unsigned max_parked;           /* entries waiting for HAProxy; 0 = 1024 */
+    double ttl;                    /* seconds a parked entry waits; 0 = 10 */
+};
+
+struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t errlen);
+/* Stops the server thread(s) and frees every parked entry. */
+void deliver_stop(struct deliver *d);
+
+/* Parks e (ownership moves here on success) to be answered as a HIT/STALE
+ * (st) or a 304 (not_modified). Returns 0 with the token written, or -1 when
+ * full (e is still the caller's). Thread-safe. */
+int deliver_put(struct deliver *d, struct isr_entry *e, enum isr_state st, bool not_modified,
+                const struct isr_conf *conf, char token[DELIVER_TOKEN_SIZE]);
+
+struct deliver_stats {
+    unsigned long parked;    /* put */
+    unsigned long delivered; /* taken by HAProxy */
+    unsigned long expired;   /* never asked for within the TTL */
+    unsigned long unknown;   /* asked with a token we do not have: 503 */
+    unsigned long refused;   /* store full */
+};
+void deliver_get_stats(struct deliver *d, struct deliver_stats *out);
+
+#endif
