@@ -70,6 +70,7 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->valkey_max_reply = 8u << 20;
     c->isr = (struct isr_conf)ISR_CONF_DEFAULT;
     c->lock_ms = 10000;
+    c->stats_mode = 0600;
     str_copy(c->lock_prefix, "cedra:revalidate:", sizeof(c->lock_prefix));
 }
 
@@ -315,6 +316,29 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
             v > (256u << 20))
             goto bad;
         c->valkey_max_reply = v;
+        return 0;
+    }
+    if (!strcmp(kw, "stats-socket")) {
+        char *end;
+
+        if ((l->argc != 2 && !(l->argc == 4 && !strcmp(l->argv[2], "mode"))) ||
+            strlen(l->argv[1]) >= sizeof(c->stats_socket) || l->argv[1][0] != '/')
+            goto bad;
+        str_copy(c->stats_socket, l->argv[1], sizeof(c->stats_socket));
+        if (l->argc == 4) {
+            unsigned long m = strtoul(l->argv[3], &end, 8);
+
+            if (*end || m > 0777)
+                goto bad;
+            c->stats_mode = (unsigned)m;
+        }
+        return 0;
+    }
+    if (!strcmp(kw, "metrics")) {
+        if (want_args(l, 1, err, errlen) < 0 ||
+            parse_endpoint(l->argv[1], &c->metrics, err, errlen) < 0 || c->metrics.is_unix)
+            goto bad;
+        c->has_metrics = true;
         return 0;
     }
     if (!strcmp(kw, "deliver")) {

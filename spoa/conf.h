@@ -65,6 +65,10 @@ struct spoa_conf {
     struct isr_conf isr;
     unsigned lock_ms; /* revalidation lock of a stale page */
     char lock_prefix[64];
+    char stats_socket[108]; /* operator socket path; "" = none */
+    unsigned stats_mode;
+    bool has_metrics; /* Prometheus /metrics over HTTP */
+    struct endpoint metrics;
     bool has_deliver; /* local delivery path for pages bigger than one ACK */
     struct endpoint deliver;
     unsigned nsession; /* cookies that make a request private */

@@ -13,6 +13,8 @@
 #include "log.h"
 #include "lookup.h"
 #include "routes.h"
+#include "stats.h"
+#include "util.h"
 #include "valkey.h"
 
 /* Variable names without scope and prefix: HAProxy adds "txn.cedra.". The
@@ -30,8 +32,6 @@
 /* Longest If-None-Match we keep for a pending lookup; longer ones get a 200. */
 #define INM_MAX 1024
 #define KEY_MAX 1024
-
-static const char *const cache_names[] = {"HIT", "STALE", "MISS", "BYPASS", "ERROR"};
 
 /* The response headers Next.js sends and the variables that carry them to
  * HAProxy's "http-request return" rules (haproxy/haproxy.cfg). */
@@ -52,10 +52,10 @@ struct handler {
     struct ev_loop *loop;
     unsigned id;
     struct deliver *deliver;
+    struct spoa_stats *stats;
     struct valkey *valkey;
     uint8_t *scratch; /* the ACK's actions */
     size_t scratch_len;
-    struct handler_stats st;
 };
 
 struct str {
@@ -82,6 +82,7 @@ struct pending {
     struct spoe_req *req;
     struct spoa_conf *conf;
     int locale;
+    double t0;        /* lookup start, for the latency histogram */
     bool conditional; /* may be answered 304 */
     char inm[INM_MAX];
     size_t inm_len;
@@ -184,11 +185,11 @@ static void put_locale(struct spoe_wbuf *w, const struct spoa_conf *conf, int lo
 }
 
 /* The pass answer: the origin handles the request. */
-static void put_pass(struct spoe_wbuf *w, struct handler_stats *st, enum handler_cache c)
+static void put_pass(struct spoe_wbuf *w, struct handler *h, enum stat_cache c)
 {
     put_str_var(w, VAR_ACTION, "pass", 4);
-    put_str_var(w, VAR_CACHE, cache_names[c], strlen(cache_names[c]));
-    st->cache[c]++;
+    put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+    metrics_counter_inc(h->stats->requests[DEC_PASS][c]);
 }
 
 static void send_ack(struct handler *h, struct spoe_req *req, struct spoe_wbuf *w)
@@ -197,7 +198,7 @@ static void send_ack(struct handler *h, struct spoe_req *req, struct spoe_wbuf *
         /* HAProxy would reject an oversized ACK with DISCONNECT 3 and fail
          * every stream on the connection: answer with nothing instead, the
          * request passes to the origin. */
-        h->st.ack_too_big++;
+        metrics_counter_inc(h->stats->ack_too_big);
         w->len = 0;
     }
     spoe_req_ack(req, w->buf, w->len);
@@ -229,8 +230,8 @@ static int preferred_locale(const struct request *rq, const struct spoa_conf *co
 }
 
 /* Returns true when the request was answered with a locale redirect. */
-static bool try_redirect(const struct request *rq, const struct spoa_conf *conf,
-                         struct spoe_wbuf *w, struct handler_stats *st)
+static bool try_redirect(struct handler *h, const struct request *rq, const struct spoa_conf *conf,
+                         struct spoe_wbuf *w)
 {
     char target[LOCATION_MAX];
     int loc, n;
@@ -245,7 +246,7 @@ static bool try_redirect(const struct request *rq, const struct spoa_conf *conf,
                                conf->locales.len[loc], rq->path.p, rq->path.len, rq->query.p,
                                rq->query.len);
     if (n < 0) {
-        st->redirect_refused++;
+        metrics_counter_inc(h->stats->redirect_refused);
         return false;
     }
     put_locale(w, conf, loc);
@@ -253,8 +254,7 @@ static bool try_redirect(const struct request *rq, const struct spoa_conf *conf,
     put_str_var(w, VAR_LOCATION, target, (size_t)n);
     put_int_var(w, VAR_STATUS, (int32_t)conf->redirect_code);
     put_str_var(w, VAR_CACHE, "BYPASS", 6);
-    st->cache[CACHE_BYPASS]++;
-    st->redirects++;
+    metrics_counter_inc(h->stats->requests[DEC_REDIRECT][CACHE_BYPASS]);
     return true;
 }
 
@@ -345,8 +345,9 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
     struct pending *p = priv;
     struct handler *h = p->h;
     struct spoe_wbuf w;
-    enum handler_cache c = CACHE_MISS;
+    enum stat_cache c = CACHE_MISS;
 
+    metrics_histogram_observe(h->stats->lookup_seconds, now_mono() - p->t0);
     wbuf_for(h, p->req, &w);
     switch (res) {
     case LOOKUP_HIT:
@@ -355,9 +356,10 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
 
         c = res == LOOKUP_HIT ? CACHE_HIT : CACHE_STALE;
         if (put_edge(&w, p, e, state, nm)) {
-            put_str_var(&w, VAR_CACHE, cache_names[c], strlen(cache_names[c]));
-            h->st.cache[c]++;
-            h->st.not_modified += nm;
+            put_str_var(&w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+            metrics_counter_inc(h->stats->requests[DEC_EDGE][c]);
+            if (nm)
+                metrics_counter_inc(h->stats->not_modified);
             break;
         }
         wbuf_for(h, p->req, &w);
@@ -370,33 +372,34 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
                 e = NULL; /* parked: the delivery server owns it now */
                 put_str_var(&w, VAR_ACTION, "deliver", 7);
                 put_str_var(&w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
-                put_str_var(&w, VAR_CACHE, cache_names[c], strlen(cache_names[c]));
-                h->st.cache[c]++;
-                h->st.not_modified += nm;
-                h->st.delivered++;
+                put_str_var(&w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+                metrics_counter_inc(h->stats->requests[DEC_DELIVER][c]);
+                if (nm)
+                    metrics_counter_inc(h->stats->not_modified);
                 break;
             }
         }
         /* Not reproducible here (unknown header, odd status...): the origin
          * serves it. */
         log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
-        put_pass(&w, &h->st, CACHE_MISS);
+        put_pass(&w, h, CACHE_MISS);
         break;
     }
     case LOOKUP_REVALIDATE:
         /* This request regenerates the page at the origin; Next.js answers it
          * (stale) and refreshes Valkey. */
-        h->st.revalidations++;
+        metrics_counter_inc(h->stats->revalidations);
         put_locale(&w, p->conf, p->locale);
-        put_pass(&w, &h->st, CACHE_STALE);
+        put_pass(&w, h, CACHE_STALE);
         break;
     case LOOKUP_MISS:
         put_locale(&w, p->conf, p->locale);
-        put_pass(&w, &h->st, CACHE_MISS);
+        put_pass(&w, h, CACHE_MISS);
         break;
     case LOOKUP_ERROR:
+        metrics_counter_inc(h->stats->lookup_errors);
         put_locale(&w, p->conf, p->locale);
-        put_pass(&w, &h->st, CACHE_ERROR);
+        put_pass(&w, h, CACHE_ERROR);
         log_debug("lookup_error", "worker=%u reason=%s", h->id, why);
         break;
     }
@@ -426,6 +429,7 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->req = req;
     p->conf = conf;
     p->locale = loc;
+    p->t0 = now_mono();
     /* Next answers 304 only to If-None-Match without no-cache and without
      * If-Modified-Since (it sends no Last-Modified). */
     if (rq->if_none_match.len && rq->if_none_match.len <= INM_MAX && !rq->if_modified_since &&
@@ -455,37 +459,33 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
     struct spoe_msg m;
     bool answered = false;
 
-    h->st.notifies++;
     wbuf_for(h, req, &w);
     while (spoe_msg_next(&msgs, &m) == 1) {
         struct request rq;
         int loc;
 
         if (!arg_is(m.name, m.name_len, conf->message) || answered) {
-            h->st.other_messages++;
+            metrics_counter_inc(h->stats->other_messages);
             continue;
         }
         answered = true;
-        h->st.requests++;
         read_request(&m, &rq);
         loc = locale_from_path(&conf->locales, rq.path.p, rq.path.len);
         if (loc < 0) {
-            h->st.locale_none++;
-            if (!try_redirect(&rq, conf, &w, &h->st))
-                put_pass(&w, &h->st, CACHE_BYPASS);
+            if (!try_redirect(h, &rq, conf, &w))
+                put_pass(&w, h, CACHE_BYPASS);
             continue;
         }
-        h->st.locale_found++;
         if (!must_bypass(&rq, conf) && start_lookup(h, req, &rq, conf, loc))
             return; /* on_lookup() answers */
         put_locale(&w, conf, loc);
-        put_pass(&w, &h->st, CACHE_BYPASS);
+        put_pass(&w, h, CACHE_BYPASS);
     }
     send_ack(h, req, &w);
 }
 
 struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
-                            struct deliver *deliver)
+                            struct deliver *deliver, struct spoa_stats *stats)
 {
     struct handler *h = calloc(1, sizeof(*h));
     char name[32];
@@ -495,6 +495,7 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
     h->loop = loop;
     h->id = worker_id;
     h->deliver = deliver;
+    h->stats = stats;
     h->scratch_len = conf->max_frame_size;
     h->scratch = malloc(h->scratch_len);
     if (!h->scratch) {
@@ -531,9 +532,4 @@ void handler_free(struct handler *h)
         valkey_free(h->valkey); /* pending lookups answer "pass" now */
     free(h->scratch);
     free(h);
-}
-
-const struct handler_stats *handler_stats(const struct handler *h)
-{
-    return &h->st;
 }

@@ -12,7 +12,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "conf.h"
+#include "httpd.h"
+#include "opsock.h"
+#include "stats.h"
 #include "deliver.h"
 #include "log.h"
 #include "net.h"
@@ -36,6 +40,10 @@ struct daemon {
     int *fds; /* nworkers * nlisten, by worker then listener */
     unsigned nfds;
     struct deliver *deliver;
+    struct spoa_stats *stats;
+    struct opsock *opsock;
+    struct httpd *httpd;
+    struct cli_state cli;
 };
 
 static void usage(FILE *f)
@@ -117,12 +125,52 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     c->max_frame_size = d->conf->max_frame_size;
     c->max_reassembly = d->conf->max_reassembly;
     c->max_inflight = d->conf->max_inflight;
+    /* So are the connections and servers built from these. */
+    memcpy(c->valkey_addr, d->conf->valkey_addr, sizeof(c->valkey_addr));
+    c->has_deliver = d->conf->has_deliver;
+    c->deliver = d->conf->deliver;
+    c->has_metrics = d->conf->has_metrics;
+    c->metrics = d->conf->metrics;
+    memcpy(c->stats_socket, d->conf->stats_socket, sizeof(c->stats_socket));
     log_set_level(c->log_level);
     for (unsigned i = 0; i < d->nworkers; i++)
         worker_reload(d->workers[i], c);
     spoa_conf_release(d->conf);
     d->conf = c;
     log_notice("reloaded", "file=%s locales=%u", d->conf_path, c->locales.n);
+}
+
+/* The operator socket and /metrics: on the main loop and MHD's thread, never
+ * on a worker, so that a slow operator cannot slow requests down. */
+static int start_operator(struct daemon *d, struct ev_loop *loop)
+{
+    char err[256];
+
+    d->cli = (struct cli_state){.conf_path = d->conf_path,
+                                .started = now_mono(),
+                                .threads = d->nworkers,
+                                .conf = &d->conf,
+                                .stats = d->stats,
+                                .deliver = d->deliver};
+    if (d->conf->stats_socket[0]) {
+        struct opsock_config oc = {.path = d->conf->stats_socket, .mode = d->conf->stats_mode};
+
+        d->opsock = opsock_new(loop, &oc, err, sizeof(err));
+        if (!d->opsock || cli_register(d->opsock, &d->cli, err, sizeof(err)) < 0) {
+            log_error("stats_socket_failed", "path=%s reason=\"%s\"", d->conf->stats_socket, err);
+            return 1;
+        }
+    }
+    if (d->conf->has_metrics) {
+        struct httpd_config hc = {.listen = &d->conf->metrics};
+
+        d->httpd = httpd_start(&hc, d->stats->m, err, sizeof(err));
+        if (!d->httpd) {
+            log_error("metrics_failed", "reason=\"%s\"", err);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* TCP listeners get one SO_REUSEPORT socket per worker so the kernel spreads
@@ -261,6 +309,13 @@ int main(int argc, char **argv)
         }
     }
 
+    d.stats = spoa_stats_new();
+    if (!d.stats) {
+        log_error("stats_failed", "reason=\"out of memory\"");
+        close_listeners(&d);
+        spoa_conf_release(d.conf);
+        return 1;
+    }
     if (d.conf->has_deliver) {
         struct deliver_cfg dc = {.listen = &d.conf->deliver};
 
@@ -282,7 +337,7 @@ int main(int argc, char **argv)
     d.workers = calloc(d.conf->threads, sizeof(*d.workers));
     for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
         struct worker *w =
-            worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten, d.deliver);
+            worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten, d.deliver, d.stats);
 
         if (!w || worker_start(w) < 0) {
             log_error("worker_failed", "worker=%u error=\"%s\"", i, strerror(errno));
@@ -302,6 +357,8 @@ int main(int argc, char **argv)
     ev_signal_start(loop, &sterm);
     ev_signal_start(loop, &sint);
     ev_signal_start(loop, &shup);
+    if (rc == 0)
+        rc = start_operator(&d, loop);
     if (rc == 0) {
         char l0[160];
 
@@ -319,12 +376,15 @@ int main(int argc, char **argv)
         worker_free(d.workers[i]);
     }
     free(d.workers);
+    opsock_free(d.opsock);
+    httpd_stop(d.httpd);
     deliver_stop(d.deliver); /* after the workers: they park pages in it */
     close_listeners(&d);
     if (pidfile)
         unlink(pidfile);
     log_notice("stopped", "rc=%d", rc);
     spoa_conf_release(d.conf);
+    spoa_stats_free(d.stats);
     ev_loop_destroy(loop);
     return rc;
 }

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "net.h"
 #include "spoe.h"
+#include "stats.h"
 
 struct listener {
     ev_io io;
@@ -46,6 +47,7 @@ struct worker {
     unsigned nconns;
 
     struct handler *handler;
+    struct spoa_stats *stats;
 };
 
 static void on_notify(struct spoe_req *req, struct spoe_cur msgs, void *udata)
@@ -72,6 +74,7 @@ static void on_event(struct spoe_conn *conn, const struct spoe_event *ev, void *
                   log_quote(q, sizeof(q), ev->message ? ev->message : "", ev->message_len));
         break;
     case SPOE_EV_ERROR:
+        metrics_counter_inc(w->stats->spop_errors);
         log_warning("spop_error", "worker=%u status=%d reason=%s", w->id, ev->status,
                     log_quote(q, sizeof(q), ev->message, strlen(ev->message)));
         break;
@@ -80,6 +83,7 @@ static void on_event(struct spoe_conn *conn, const struct spoe_event *ev, void *
                     spoe_conn_frame_size(conn));
         break;
     case SPOE_EV_ABORTED:
+        metrics_counter_inc(w->stats->spop_aborted);
         log_debug("spop_aborted", "worker=%u", w->id);
         break;
     case SPOE_EV_CLOSED:
@@ -102,6 +106,7 @@ static void on_free(struct spoe_conn *conn, void *udata)
     n->next->prev = n->prev;
     free(n);
     w->nconns--;
+    metrics_gauge_add(w->stats->spop_open, -1);
     maybe_exit(w);
 }
 
@@ -157,6 +162,8 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         w->conns.next->prev = n;
         w->conns.next = n;
         w->nconns++;
+        metrics_counter_inc(w->stats->spop_connections);
+        metrics_gauge_add(w->stats->spop_open, 1);
     }
 }
 
@@ -210,7 +217,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 }
 
 struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, unsigned nfds,
-                          struct deliver *deliver)
+                          struct deliver *deliver, struct spoa_stats *stats)
 {
     struct worker *w = calloc(1, sizeof(*w));
 
@@ -220,7 +227,8 @@ struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, u
     w->loop = ev_loop_new(EVFLAG_AUTO);
     w->ls = calloc(nfds ? nfds : 1, sizeof(*w->ls));
     if (w->loop)
-        w->handler = handler_new(w->loop, id, conf, deliver);
+        w->handler = handler_new(w->loop, id, conf, deliver, stats);
+    w->stats = stats;
     if (!w->loop || !w->ls || !w->handler) {
         worker_free(w);
         return NULL;

@@ -1,0 +1,150 @@
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "config.h"
+#include "deliver.h"
+#include "log.h"
+#include "opsock.h"
+#include "routes.h"
+#include "stats.h"
+#include "util.h"
+
+static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    const struct spoa_conf *c = *st->conf;
+
+    opsock_printf(out, "Name: cedra-spoa\nVersion: %s\nPid: %ld\nUptime_sec: %.0f\n",
+                  PACKAGE_VERSION, (long)getpid(), now_mono() - st->started);
+    opsock_printf(out, "Threads: %u\nConfig: %s\nLog_level: %s\n", st->threads, st->conf_path,
+                  log_level_name(log_get_level()));
+    opsock_printf(out, "Listen: %s\n", c->nlisten ? c->listen[0].text : "");
+    opsock_printf(out, "Valkey: %s\n", c->valkey_addr[0] ? c->valkey_addr : "none");
+    opsock_printf(out, "Deliver: %s\n", c->has_deliver ? c->deliver.text : "none");
+    opsock_printf(out, "Spop_connections: %.0f\n", metrics_gauge_value(st->stats->spop_open));
+    opsock_printf(out, "Locales: ");
+    for (unsigned i = 0; i < c->locales.n; i++)
+        opsock_printf(out, "%s%s%s", i ? "," : "", c->locales.name[i],
+                      i == c->locales.def ? "(default)" : "");
+    opsock_printf(out, "\n");
+    if (st->deliver) {
+        struct deliver_stats ds;
+
+        deliver_get_stats(st->deliver, &ds);
+        opsock_printf(out,
+                      "Deliver_parked: %lu\nDeliver_delivered: %lu\nDeliver_expired: %lu\n"
+                      "Deliver_unknown: %lu\nDeliver_refused: %lu\n",
+                      ds.parked, ds.delivered, ds.expired, ds.unknown, ds.refused);
+    }
+    return 0;
+}
+
+static int show_stat(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    struct spoa_stats *s = st->stats;
+    bool json = argc == 3 && strcmp(argv[2], "json") == 0;
+    static const struct {
+        const char *name;
+        size_t off;
+    } more[] = {
+        {"not_modified", offsetof(struct spoa_stats, not_modified)},
+        {"revalidations", offsetof(struct spoa_stats, revalidations)},
+        {"redirect_refused", offsetof(struct spoa_stats, redirect_refused)},
+        {"ack_too_big", offsetof(struct spoa_stats, ack_too_big)},
+        {"unknown_messages", offsetof(struct spoa_stats, other_messages)},
+        {"valkey_errors", offsetof(struct spoa_stats, lookup_errors)},
+        {"spop_connections", offsetof(struct spoa_stats, spop_connections)},
+        {"spop_errors", offsetof(struct spoa_stats, spop_errors)},
+        {"spop_aborted", offsetof(struct spoa_stats, spop_aborted)},
+    };
+
+    if (argc > 3 || (argc == 3 && !json))
+        return opsock_error(out, "usage: show stat [json]");
+    if (json) {
+        opsock_printf(out, "{\"requests\":[");
+        for (int d = 0; d < DEC_N; d++)
+            for (int c = 0; c < CACHE_N; c++)
+                opsock_printf(out, "%s{\"decision\":\"%s\",\"cache\":\"%s\",\"count\":%llu}",
+                              d || c ? "," : "", stat_decision_names[d], stat_cache_names[c],
+                              (unsigned long long)metrics_counter_value(s->requests[d][c]));
+        opsock_printf(out, "]");
+        for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
+            opsock_printf(out, ",\"%s\":%llu", more[i].name,
+                          (unsigned long long)metrics_counter_value(
+                              *(struct metrics_counter **)((char *)s + more[i].off)));
+        opsock_printf(out, "}\n");
+        return 0;
+    }
+    /* HAProxy's CSV style: a "# " header line, then one row per series. */
+    opsock_printf(out, "# decision,cache,requests\n");
+    for (int d = 0; d < DEC_N; d++)
+        for (int c = 0; c < CACHE_N; c++)
+            opsock_printf(out, "%s,%s,%llu\n", stat_decision_names[d], stat_cache_names[c],
+                          (unsigned long long)metrics_counter_value(s->requests[d][c]));
+    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
+        opsock_printf(out, "%s,,%llu\n", more[i].name,
+                      (unsigned long long)metrics_counter_value(
+                          *(struct metrics_counter **)((char *)s + more[i].off)));
+    return 0;
+}
+
+static int show_pools(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    const struct spoa_conf *c = *st->conf;
+
+    opsock_printf(out, "# pool,key_prefix,scheme,routes,build\n");
+    for (unsigned i = 0; i < c->npools; i++) {
+        const struct spoa_pool *p = &c->pools[i];
+
+        opsock_printf(out, "%s,%s,%s,%u,%s\n", p->name, p->key_prefix,
+                      routes_scheme(p->routes) == ROUTES_PATHNAME ? "pathname" : "route-cache",
+                      routes_count(p->routes), p->build_id[0] ? p->build_id : "-");
+    }
+    return 0;
+}
+
+static int set_log_level(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    enum log_level lvl;
+
+    if (argc != 3 || log_level_parse(argv[2], &lvl) < 0)
+        return opsock_error(out, "usage: set log-level error|warning|notice|info|debug");
+    log_set_level(lvl);
+    log_notice("log_level", "level=%s by=operator", log_level_name(lvl));
+    return 0;
+}
+
+static int show_metrics(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    size_t len;
+    char *text = metrics_render(st->stats->m, &len);
+
+    if (!text)
+        return opsock_error(out, "cannot render metrics");
+    opsock_write(out, text, len);
+    free(text);
+    return 0;
+}
+
+int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errlen)
+{
+    static const struct opsock_cmd cmds[] = {
+        {"show info", "process, configuration and Valkey summary", show_info},
+        {"show stat", "[json] requests by decision and cache status, and other counters",
+         show_stat},
+        {"show pools", "the pools (stable, canary): key prefix, key scheme, routes, build",
+         show_pools},
+        {"set log-level", "<level> error, warning, notice, info or debug", set_log_level},
+        {"show metrics", "the Prometheus exposition of every metric", show_metrics},
+        {NULL, NULL, NULL},
+    };
+
+    return opsock_register(s, cmds, st, err, errlen);
+}

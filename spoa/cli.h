@@ -1,0 +1,27 @@
+/* cedra-spoa's operator-socket commands (HAProxy style, lib/opsock.h). */
+#ifndef CEDRA_SPOA_CLI_H
+#define CEDRA_SPOA_CLI_H
+
+#include <stddef.h>
+
+struct opsock;
+struct spoa_conf;
+struct spoa_stats;
+struct deliver;
+
+/* What the commands read and act on; owned by main.c. */
+struct cli_state {
+    const char *conf_path;
+    double started; /* monotonic seconds */
+    unsigned threads;
+    struct spoa_conf **conf; /* the current configuration (main thread) */
+    struct spoa_stats *stats;
+    struct deliver *deliver; /* may be NULL */
+    /* Publishes a new configuration to the workers (set pool ...). */
+    void (*publish)(void *ud, struct spoa_conf *c);
+    void *ud;
+};
+
+int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errlen);
+
+#endif
