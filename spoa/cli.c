@@ -98,14 +98,43 @@ static int show_pools(struct opsock_out *out, int argc, char **argv, void *ud)
     struct cli_state *st = ud;
     const struct spoa_conf *c = *st->conf;
 
-    opsock_printf(out, "# pool,key_prefix,scheme,routes,build\n");
+    opsock_printf(out, "# pool,key_prefix,scheme,routes,build,weight\n");
     for (unsigned i = 0; i < c->npools; i++) {
         const struct spoa_pool *p = &c->pools[i];
 
-        opsock_printf(out, "%s,%s,%s,%u,%s\n", p->name, p->key_prefix,
+        bool canary = strcmp(p->name, "canary") == 0;
+        bool has_canary = spoa_conf_pool(c, "canary") != NULL;
+
+        /* weight: the share of new users drawn into the pool. */
+        opsock_printf(out, "%s,%s,%s,%u,%s,%u\n", p->name, p->key_prefix,
                       routes_scheme(p->routes) == ROUTES_PATHNAME ? "pathname" : "route-cache",
-                      routes_count(p->routes), p->build_id[0] ? p->build_id : "-");
+                      routes_count(p->routes), p->build_id[0] ? p->build_id : "-",
+                      canary       ? c->canary_weight
+                      : has_canary ? 100 - c->canary_weight
+                                   : 100);
     }
+    return 0;
+}
+
+static int set_pool(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    struct spoa_conf *c;
+    char err[300];
+
+    if (argc < 4)
+        return opsock_error(out, "usage: set pool <stable|canary> key-prefix <p> routes "
+                                 "<file|pathname> [build <id>] | set pool canary off | "
+                                 "set pool canary weight <0-100>");
+    c = spoa_conf_dup(*st->conf);
+    if (!c)
+        return opsock_error(out, "out of memory");
+    if (spoa_conf_set_pool(c, argc - 2, argv + 2, err, sizeof(err)) < 0) {
+        spoa_conf_release(c);
+        return opsock_error(out, "%s", err);
+    }
+    st->publish(st->ud, c); /* takes the reference */
+    log_notice("pool_changed", "pools=%u canary_weight=%u", c->npools, c->canary_weight);
     return 0;
 }
 
@@ -141,6 +170,10 @@ int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errle
          show_stat},
         {"show pools", "the pools (stable, canary): key prefix, key scheme, routes, build",
          show_pools},
+        {"set pool",
+         "<stable|canary> key-prefix <p> routes <file|pathname> [build <id>] | canary off | "
+         "canary weight <0-100>",
+         set_pool},
         {"set log-level", "<level> error, warning, notice, info or debug", set_log_level},
         {"show metrics", "the Prometheus exposition of every metric", show_metrics},
         {NULL, NULL, NULL},

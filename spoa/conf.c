@@ -36,6 +36,30 @@ void spoa_conf_release(struct spoa_conf *c)
     }
 }
 
+struct spoa_conf *spoa_conf_dup(const struct spoa_conf *c)
+{
+    struct spoa_conf *d = malloc(sizeof(*d));
+
+    if (!d)
+        return NULL;
+    memcpy(d, c, sizeof(*d));
+    atomic_init(&d->refs, 1);
+    /* exclude[] points into the struct's own buffers. */
+    for (unsigned i = 0; i < d->nexclude; i++)
+        d->exclude[i] = d->exclude_buf[i];
+    for (unsigned i = 0; i < d->npools; i++)
+        routes_hold(d->pools[i].routes);
+    return d;
+}
+
+const struct spoa_pool *spoa_conf_pool(const struct spoa_conf *c, const char *name)
+{
+    for (unsigned i = 0; i < c->npools; i++)
+        if (!strcmp(c->pools[i].name, name))
+            return &c->pools[i];
+    return NULL;
+}
+
 void spoa_conf_clear(struct spoa_conf *c)
 {
     for (unsigned i = 0; i < c->npools; i++) {
@@ -83,26 +107,20 @@ static int want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
     return 0;
 }
 
-/* pool <name> key-prefix <prefix> routes <file|pathname> [build <id>] */
-static int parse_pool(struct spoa_conf *c, const struct cfg_line *l, char *err, size_t errlen)
+/* <name> key-prefix <prefix> routes <file|pathname> [build <id>]: a pool
+ * definition, into *p (routes loaded). */
+static int read_pool(struct spoa_pool *p, int argc, char *const *argv, char *err, size_t errlen)
 {
-    struct spoa_pool *p;
     bool has_routes = false;
 
-    if (l->argc < 2 || (strcmp(l->argv[1], "stable") && strcmp(l->argv[1], "canary"))) {
-        snprintf(err, errlen, "'pool' wants stable or canary");
+    if (argc < 1 || (strcmp(argv[0], "stable") && strcmp(argv[0], "canary"))) {
+        snprintf(err, errlen, "a pool is stable or canary");
         return -1;
     }
-    for (unsigned i = 0; i < c->npools; i++)
-        if (!strcmp(c->pools[i].name, l->argv[1])) {
-            snprintf(err, errlen, "pool %s defined twice", l->argv[1]);
-            return -1;
-        }
-    p = &c->pools[c->npools];
     memset(p, 0, sizeof(*p));
-    str_copy(p->name, l->argv[1], sizeof(p->name));
-    for (int i = 2; i < l->argc; i += 2) {
-        const char *k = l->argv[i], *v = i + 1 < l->argc ? l->argv[i + 1] : NULL;
+    str_copy(p->name, argv[0], sizeof(p->name));
+    for (int i = 1; i < argc; i += 2) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
         if (!v) {
             snprintf(err, errlen, "'%s' wants a value", k);
@@ -114,7 +132,10 @@ static int parse_pool(struct spoa_conf *c, const struct cfg_line *l, char *err, 
             has_routes = true;
             if (strcmp(v, "pathname") != 0)
                 str_copy(p->routes_path, v, sizeof(p->routes_path));
-        } else if (!strcmp(k, "build") && strlen(v) < sizeof(p->build_id)) {
+        } else if (!strcmp(k, "build") && strlen(v) < sizeof(p->build_id) &&
+                   strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") ==
+                       strlen(v)) {
+            /* The build id travels in a cookie value: keep it to a token. */
             str_copy(p->build_id, v, sizeof(p->build_id));
         } else {
             snprintf(err, errlen, "bad pool setting '%s'", k);
@@ -143,7 +164,71 @@ static int parse_pool(struct spoa_conf *c, const struct cfg_line *l, char *err, 
             return -1;
         }
     }
+    return 0;
+}
+
+static int parse_pool(struct spoa_conf *c, const struct cfg_line *l, char *err, size_t errlen)
+{
+    if (l->argc >= 2 && spoa_conf_pool(c, l->argv[1])) {
+        snprintf(err, errlen, "pool %s defined twice", l->argv[1]);
+        return -1;
+    }
+    if (read_pool(&c->pools[c->npools], l->argc - 1, l->argv + 1, err, errlen) < 0)
+        return -1;
     c->npools++;
+    return 0;
+}
+
+int spoa_conf_set_pool(struct spoa_conf *c, int argc, char **argv, char *err, size_t errlen)
+{
+    struct spoa_pool np;
+    unsigned i;
+
+    if (argc == 2 && !strcmp(argv[1], "off")) {
+        if (!strcmp(argv[0], "stable")) {
+            snprintf(err, errlen, "the stable pool cannot be turned off");
+            return -1;
+        }
+        for (i = 0; i < c->npools; i++)
+            if (!strcmp(c->pools[i].name, argv[0])) {
+                routes_free(c->pools[i].routes);
+                memmove(&c->pools[i], &c->pools[i + 1], (c->npools - i - 1) * sizeof(np));
+                c->npools--;
+                break;
+            }
+        return 0;
+    }
+    if (argc == 3 && !strcmp(argv[0], "canary") && !strcmp(argv[1], "weight")) {
+        uint64_t v;
+
+        if (parse_uint(argv[2], 0, 100, &v) < 0) {
+            snprintf(err, errlen, "weight is 0 to 100");
+            return -1;
+        }
+        c->canary_weight = (unsigned)v;
+        return 0;
+    }
+    if (read_pool(&np, argc, argv, err, errlen) < 0)
+        return -1;
+    if (!strcmp(np.name, "canary") && !spoa_conf_pool(c, "stable")) {
+        routes_free(np.routes);
+        snprintf(err, errlen, "define the stable pool first");
+        return -1;
+    }
+    for (i = 0; i < c->npools; i++)
+        if (!strcmp(c->pools[i].name, np.name))
+            break;
+    if (i < c->npools)
+        routes_free(c->pools[i].routes);
+    else
+        c->npools++;
+    c->pools[i] = np;
+    /* The stable pool comes first: requests without a pin use pools[0]. */
+    if (i > 0 && !strcmp(np.name, "stable")) {
+        np = c->pools[0];
+        c->pools[0] = c->pools[i];
+        c->pools[i] = np;
+    }
     return 0;
 }
 
@@ -350,6 +435,12 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     }
     if (!strcmp(kw, "pool"))
         return parse_pool(c, l, err, errlen);
+    if (!strcmp(kw, "canary-weight")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100, &v) < 0)
+            goto bad;
+        c->canary_weight = (unsigned)v;
+        return 0;
+    }
     if (!strcmp(kw, "isr-expire")) {
         if (want_args(l, 1, err, errlen) < 0 ||
             parse_uint(l->argv[1], 0, 100u * 365 * 86400, &v) < 0)
@@ -427,6 +518,10 @@ static int finish(struct spoa_conf *c, char *err, size_t errlen)
     }
     if (c->max_reassembly < c->max_frame_size)
         c->max_reassembly = c->max_frame_size;
+    if (c->npools && strcmp(c->pools[0].name, "stable") != 0) {
+        snprintf(err, errlen, "a 'pool stable ...' must come first");
+        return -1;
+    }
     if (c->valkey_addr[0] && c->npools == 0) {
         snprintf(err, errlen, "'valkey' is set but no 'pool stable ...' says which keys to read");
         return -1;

@@ -62,6 +62,7 @@ struct spoa_conf {
     uint64_t valkey_max_reply;
     struct spoa_pool pools[SPOA_MAX_POOLS];
     unsigned npools;
+    unsigned canary_weight; /* percent of new users pinned to the canary pool */
     struct isr_conf isr;
     unsigned lock_ms; /* revalidation lock of a stale page */
     char lock_prefix[64];
@@ -80,6 +81,13 @@ struct spoa_conf *spoa_conf_new(void);
 void spoa_conf_hold(struct spoa_conf *c);
 void spoa_conf_release(struct spoa_conf *c);
 void spoa_conf_defaults(struct spoa_conf *c);
+/* A copy with one reference, sharing the route tables (operator changes). */
+struct spoa_conf *spoa_conf_dup(const struct spoa_conf *c);
+/* Operator/agent change, "set pool <argv...>": "<pool> key-prefix <p> routes
+ * <file|pathname> [build <id>]", "canary off" or "canary weight <0-100>". */
+int spoa_conf_set_pool(struct spoa_conf *c, int argc, char **argv, char *err, size_t errlen);
+/* The pool called name, or NULL. */
+const struct spoa_pool *spoa_conf_pool(const struct spoa_conf *c, const char *name);
 /* Frees what a configuration owns (route tables); the struct itself stays. */
 void spoa_conf_clear(struct spoa_conf *c);
 /* Loads path over the defaults. Returns 0, or -1 with a reason in err. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 
 #include "cookie.h"
 #include "deliver.h"
@@ -26,6 +27,12 @@
 #define VAR_STATUS "status"
 #define VAR_BODY "body"
 #define VAR_TOKEN "token"
+#define VAR_POOL "pool"
+#define VAR_PIN "set_pool"
+
+/* The cookie that pins a user to a pool: "<pool>.<build>" (haproxy.cfg sets it). */
+#define POOL_COOKIE "cedra_pool"
+#define PIN_MAX 160
 
 /* Longest redirect target we build; longer requests are passed unchanged. */
 #define LOCATION_MAX 4096
@@ -49,6 +56,7 @@ static const struct {
 };
 
 struct handler {
+    uint64_t rng; /* xorshift state: draws of the canary share */
     struct ev_loop *loop;
     unsigned id;
     struct deliver *deliver;
@@ -76,12 +84,20 @@ struct request {
     int64_t rsc, prefetch, state_tree, segment_prefetch, authorization, if_modified_since;
 };
 
+/* Who the request is for: its locale and the pool (build) it is pinned to. */
+struct who {
+    int locale; /* -1: none */
+    int pool;   /* index in conf->pools, -1: no pools configured */
+    bool pin;   /* a (new) pin cookie must be set */
+    char pin_value[PIN_MAX];
+};
+
 /* A request waiting for Valkey. */
 struct pending {
     struct handler *h;
     struct spoe_req *req;
     struct spoa_conf *conf;
-    int locale;
+    struct who who;
     double t0;        /* lookup start, for the latency histogram */
     bool conditional; /* may be answered 304 */
     char inm[INM_MAX];
@@ -182,6 +198,63 @@ static void put_locale(struct spoe_wbuf *w, const struct spoa_conf *conf, int lo
 {
     if (loc >= 0)
         put_str_var(w, VAR_LOCALE, conf->locales.name[loc], conf->locales.len[loc]);
+}
+
+/* Locale, pool and, for a new pin, the cookie value HAProxy sets. */
+static void put_who(struct spoe_wbuf *w, const struct spoa_conf *conf, const struct who *who)
+{
+    put_locale(w, conf, who->locale);
+    if (who->pool >= 0) {
+        const char *name = conf->pools[who->pool].name;
+
+        put_str_var(w, VAR_POOL, name, strlen(name));
+        if (who->pin)
+            put_str_var(w, VAR_PIN, who->pin_value, strlen(who->pin_value));
+    }
+}
+
+static uint64_t next_rand(struct handler *h)
+{
+    uint64_t x = h->rng;
+
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return h->rng = x;
+}
+
+/* The pool of a request. While a canary is live, every user is pinned with a
+ * cookie naming the pool and its build; a cookie that names no live pool and
+ * build (forged, or a build gone) is ignored and the user drawn again, with
+ * the canary share. Without a canary, everybody is on stable, unpinned. */
+static void choose_pool(struct handler *h, const struct request *rq, const struct spoa_conf *conf,
+                        struct who *who)
+{
+    const struct spoa_pool *canary = spoa_conf_pool(conf, "canary");
+    const char *v;
+    size_t vl;
+    unsigned i;
+
+    who->pool = conf->npools ? 0 : -1;
+    who->pin = false;
+    if (!canary)
+        return;
+    if (rq->cookie.len && cookie_get(rq->cookie.p, rq->cookie.len, POOL_COOKIE, &v, &vl)) {
+        for (i = 0; i < conf->npools; i++) {
+            const struct spoa_pool *p = &conf->pools[i];
+            size_t nl = strlen(p->name), bl = strlen(p->build_id);
+
+            if (vl == nl + 1 + bl && memcmp(v, p->name, nl) == 0 && v[nl] == '.' &&
+                memcmp(v + nl + 1, p->build_id, bl) == 0) {
+                who->pool = (int)i;
+                return;
+            }
+        }
+    }
+    who->pool = next_rand(h) % 100 < conf->canary_weight ? (int)(canary - conf->pools) : 0;
+    snprintf(who->pin_value, sizeof(who->pin_value), "%s.%s", conf->pools[who->pool].name,
+             conf->pools[who->pool].build_id);
+    who->pin = true;
 }
 
 /* The pass answer: the origin handles the request. */
@@ -324,7 +397,7 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
             seen_prerender = true;
         put_str_var(w, var, hd->value, hd->value_len);
     }
-    put_locale(w, p->conf, p->locale);
+    put_who(w, p->conf, &p->who);
     put_str_var(w, VAR_ACTION, "edge", 4);
     put_int_var(w, VAR_STATUS, status);
     if (!not_modified)
@@ -363,7 +436,7 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
             break;
         }
         wbuf_for(h, p->req, &w);
-        put_locale(&w, p->conf, p->locale);
+        put_who(&w, p->conf, &p->who);
         /* Too big for one ACK: the local delivery path serves it. */
         if (h->deliver && deliver_fits(p, e)) {
             char token[DELIVER_TOKEN_SIZE];
@@ -389,16 +462,16 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
         /* This request regenerates the page at the origin; Next.js answers it
          * (stale) and refreshes Valkey. */
         metrics_counter_inc(h->stats->revalidations);
-        put_locale(&w, p->conf, p->locale);
+        put_who(&w, p->conf, &p->who);
         put_pass(&w, h, CACHE_STALE);
         break;
     case LOOKUP_MISS:
-        put_locale(&w, p->conf, p->locale);
+        put_who(&w, p->conf, &p->who);
         put_pass(&w, h, CACHE_MISS);
         break;
     case LOOKUP_ERROR:
         metrics_counter_inc(h->stats->lookup_errors);
-        put_locale(&w, p->conf, p->locale);
+        put_who(&w, p->conf, &p->who);
         put_pass(&w, h, CACHE_ERROR);
         log_debug("lookup_error", "worker=%u reason=%s", h->id, why);
         break;
@@ -411,15 +484,17 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
 
 /* Starts the ISR lookup; false when the request is answered now instead. */
 static bool start_lookup(struct handler *h, struct spoe_req *req, const struct request *rq,
-                         struct spoa_conf *conf, int loc)
+                         struct spoa_conf *conf, const struct who *who)
 {
-    const struct spoa_pool *pool = &conf->pools[0]; /* canary pinning: issue 5 */
+    const struct spoa_pool *pool;
     struct lookup_params lp;
     struct pending *p;
     char key[KEY_MAX];
 
-    if (!h->valkey || conf->npools == 0)
+    if (!h->valkey || who->pool < 0)
         return false;
+    /* The pinned pool's keys: a user never gets another build's page. */
+    pool = &conf->pools[who->pool];
     if (routes_key(pool->routes, rq->path.p, rq->path.len, key, sizeof(key)) < 0)
         return false;
     p = calloc(1, sizeof(*p));
@@ -428,7 +503,7 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->h = h;
     p->req = req;
     p->conf = conf;
-    p->locale = loc;
+    p->who = *who;
     p->t0 = now_mono();
     /* Next answers 304 only to If-None-Match without no-cache and without
      * If-Modified-Since (it sends no Last-Modified). */
@@ -462,7 +537,7 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
     wbuf_for(h, req, &w);
     while (spoe_msg_next(&msgs, &m) == 1) {
         struct request rq;
-        int loc;
+        struct who who;
 
         if (!arg_is(m.name, m.name_len, conf->message) || answered) {
             metrics_counter_inc(h->stats->other_messages);
@@ -470,15 +545,15 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
         }
         answered = true;
         read_request(&m, &rq);
-        loc = locale_from_path(&conf->locales, rq.path.p, rq.path.len);
-        if (loc < 0) {
-            if (!try_redirect(h, &rq, conf, &w))
-                put_pass(&w, h, CACHE_BYPASS);
+        who.locale = locale_from_path(&conf->locales, rq.path.p, rq.path.len);
+        if (who.locale < 0 && try_redirect(h, &rq, conf, &w))
             continue;
-        }
-        if (!must_bypass(&rq, conf) && start_lookup(h, req, &rq, conf, loc))
+        /* Every request goes to its pool, assets and API calls too: a
+         * canary user's /_next/static files only exist on the canary. */
+        choose_pool(h, &rq, conf, &who);
+        if (who.locale >= 0 && !must_bypass(&rq, conf) && start_lookup(h, req, &rq, conf, &who))
             return; /* on_lookup() answers */
-        put_locale(&w, conf, loc);
+        put_who(&w, conf, &who);
         put_pass(&w, h, CACHE_BYPASS);
     }
     send_ack(h, req, &w);
@@ -496,6 +571,8 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
     h->id = worker_id;
     h->deliver = deliver;
     h->stats = stats;
+    if (getrandom(&h->rng, sizeof(h->rng), 0) != (ssize_t)sizeof(h->rng) || h->rng == 0)
+        h->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)worker_id;
     h->scratch_len = conf->max_frame_size;
     h->scratch = malloc(h->scratch_len);
     if (!h->scratch) {

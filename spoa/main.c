@@ -104,6 +104,20 @@ static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* Hands a new configuration (its reference) to every worker. */
+static void publish(struct daemon *d, struct spoa_conf *c)
+{
+    for (unsigned i = 0; i < d->nworkers; i++)
+        worker_reload(d->workers[i], c);
+    spoa_conf_release(d->conf);
+    d->conf = c;
+}
+
+static void publish_cb(void *ud, struct spoa_conf *c)
+{
+    publish(ud, c);
+}
+
 static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
 {
     struct daemon *d = s->data;
@@ -133,10 +147,7 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     c->metrics = d->conf->metrics;
     memcpy(c->stats_socket, d->conf->stats_socket, sizeof(c->stats_socket));
     log_set_level(c->log_level);
-    for (unsigned i = 0; i < d->nworkers; i++)
-        worker_reload(d->workers[i], c);
-    spoa_conf_release(d->conf);
-    d->conf = c;
+    publish(d, c);
     log_notice("reloaded", "file=%s locales=%u", d->conf_path, c->locales.n);
 }
 
@@ -151,7 +162,9 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .threads = d->nworkers,
                                 .conf = &d->conf,
                                 .stats = d->stats,
-                                .deliver = d->deliver};
+                                .deliver = d->deliver,
+                                .publish = publish_cb,
+                                .ud = d};
     if (d->conf->stats_socket[0]) {
         struct opsock_config oc = {.path = d->conf->stats_socket, .mode = d->conf->stats_mode};
 

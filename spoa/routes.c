@@ -1,5 +1,6 @@
 #include "routes.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ struct route {
 };
 
 struct routes {
+    _Atomic unsigned refs;
     enum routes_scheme scheme;
     char build_id[128];
     struct route *r;
@@ -38,14 +40,23 @@ struct routes *routes_pathname(void)
 {
     struct routes *r = calloc(1, sizeof(*r));
 
-    if (r)
+    if (r) {
+        atomic_init(&r->refs, 1);
         r->scheme = ROUTES_PATHNAME;
+    }
+    return r;
+}
+
+struct routes *routes_hold(struct routes *r)
+{
+    if (r)
+        atomic_fetch_add(&r->refs, 1);
     return r;
 }
 
 void routes_free(struct routes *r)
 {
-    if (!r)
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
     free(r->r);
     free(r);

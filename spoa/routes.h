@@ -18,6 +18,8 @@ struct routes *routes_load(const char *path, char *err, size_t errlen);
 struct routes *routes_parse(const char *name, const char *text, char *err, size_t errlen);
 /* A table for the pathname scheme, which needs no routes. */
 struct routes *routes_pathname(void);
+/* Tables are shared by configurations (reference counted, thread-safe). */
+struct routes *routes_hold(struct routes *r);
 void routes_free(struct routes *r);
 
 enum routes_scheme routes_scheme(const struct routes *r);
