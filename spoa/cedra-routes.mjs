@@ -101,6 +101,9 @@ if (scheme === "route-cache") {
   for (const r of ordered) {
     const page = pageOf.get(r.page);
     if (!page) continue; // route handlers, pages router: not app pages
+    // Next's own /_not-found and /_global-error are not URLs a user asks for:
+    // unmatched paths get them with "private, no-store", never from a cache.
+    if (r.page.startsWith("/_")) continue;
     if (!/^\/[^\s]*$/.test(r.page)) die(`unexpected route ${JSON.stringify(r.page)}`);
     const hash = createHash("sha256").update(page).digest("hex");
     lines.push(`route ${r.page} APP_PAGE ${hash} ${page}`);

@@ -36,7 +36,7 @@ static void test_real_table(void **state)
     if (!r)
         fail_msg("%s", err);
     assert_int_equal(routes_scheme(r), ROUTES_ROUTE_CACHE);
-    assert_int_equal(routes_count(r), 6);
+    assert_int_equal(routes_count(r), 4);
     key_is(r, "/fr/products/chair",
            "/route-cache/APP_PAGE/"
            "600fe424a8f39649d833b7ff10b31023d5c4f89f76ff08babb88a1011243c40d/$/fr/products/chair");
