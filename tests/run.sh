@@ -147,8 +147,10 @@ stage "README command 1: the demo, once through (CEDRA_DEMO_ONESHOT=1)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 out=$(mktemp)
 if CEDRA_DEMO_ONESHOT=1 CEDRA_DEMO_HTTP=$(free_port) CEDRA_DEMO_SPOA=$(free_port) \
-   CEDRA_DEMO_ORIGIN=$(free_port) "$top/scripts/demo.sh" >"$out" 2>&1 &&
-   grep -q 'x-cedra-locale: fr' "$out" && grep -q 'UP L7OK' "$out" && grep -q 'demo done' "$out"; then
+   CEDRA_DEMO_ORIGIN=$(free_port) CEDRA_DEMO_REDIS=$(free_port) CEDRA_DEMO_DELIVER=$(free_port) \
+   "$top/scripts/demo.sh" >"$out" 2>&1 &&
+   grep -q 'x-cedra-locale: fr' "$out" && grep -q 'x-cedra-cache: HIT' "$out" &&
+   grep -q '304 Not Modified' "$out" && grep -q 'UP L7OK' "$out" && grep -q 'demo done' "$out"; then
   record PASS demo/oneshot
 else
   record FAIL demo/oneshot
