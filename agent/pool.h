@@ -16,21 +16,21 @@
 enum pool_kind { POOL_STABLE = 0, POOL_CANARY = 1, POOL_KINDS = 2 };
 
 struct instance {
-    char id[POOL_ID_MAX];         /* Consul Service.ID: stable across tag flips */
-    char addr[POOL_ADDR_MAX];     /* Service.Address, else Node.Address */
+    char id[POOL_ID_MAX];     /* Consul Service.ID: stable across tag flips */
+    char addr[POOL_ADDR_MAX]; /* Service.Address, else Node.Address */
     uint16_t port;
-    unsigned weight;              /* HAProxy weight 0..256 from Weights.Passing/Warning */
-    bool warning;                 /* health "warning": still serving, lower weight */
-    char build_id[POOL_BUILD_MAX];/* Service.Meta build id ("" when absent) */
-    enum pool_kind kind;          /* canary when its tags hold the canary tag */
+    unsigned weight;               /* HAProxy weight 0..256 from Weights.Passing/Warning */
+    bool warning;                  /* health "warning": still serving, lower weight */
+    char build_id[POOL_BUILD_MAX]; /* Service.Meta build id ("" when absent) */
+    enum pool_kind kind;           /* canary when its tags hold the canary tag */
 };
 
 /* One consistent view of a service, as of a Consul index. */
 struct pool_set {
     struct instance *inst; /* sorted by (kind, id): deterministic slot assignment */
     size_t n;
-    uint64_t index;        /* X-Consul-Index it came from */
-    int canary_weight;     /* percent from service Meta, -1 when absent */
+    uint64_t index;    /* X-Consul-Index it came from */
+    int canary_weight; /* percent from service Meta, -1 when absent */
 };
 
 void pool_set_init(struct pool_set *ps);
