@@ -46,7 +46,8 @@
 /* Accepts per loop iteration, and bytes of unread input discarded at close. */
 #define ACCEPTS_PER_RUN 16
 #define DRAIN_MAX (256 * 1024)
-#define LISTEN_BACKLOG 16
+#define LISTEN_BACKLOG                                                                             \
+    128 /* bursts of operator clients (cedra-agent, scrapers) must not see EAGAIN */
 
 #define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 

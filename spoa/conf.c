@@ -95,6 +95,7 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->isr = (struct isr_conf)ISR_CONF_DEFAULT;
     c->lock_ms = 10000;
     c->stats_mode = 0600;
+    c->stats_maxconn = 32;
     str_copy(c->lock_prefix, "cedra:revalidate:", sizeof(c->lock_prefix));
 }
 
@@ -404,18 +405,27 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "stats-socket")) {
-        char *end;
-
-        if ((l->argc != 2 && !(l->argc == 4 && !strcmp(l->argv[2], "mode"))) ||
-            strlen(l->argv[1]) >= sizeof(c->stats_socket) || l->argv[1][0] != '/')
+        /* stats-socket <path> [mode <octal>] [maxconn <n>] */
+        if (l->argc < 2 || l->argc % 2 != 0 || strlen(l->argv[1]) >= sizeof(c->stats_socket) ||
+            l->argv[1][0] != '/')
             goto bad;
         str_copy(c->stats_socket, l->argv[1], sizeof(c->stats_socket));
-        if (l->argc == 4) {
-            unsigned long m = strtoul(l->argv[3], &end, 8);
+        for (int i = 2; i + 1 < l->argc; i += 2) {
+            char *end;
 
-            if (*end || m > 0777)
+            if (!strcmp(l->argv[i], "mode")) {
+                unsigned long m = strtoul(l->argv[i + 1], &end, 8);
+
+                if (*end || m > 0777)
+                    goto bad;
+                c->stats_mode = (unsigned)m;
+            } else if (!strcmp(l->argv[i], "maxconn")) {
+                if (parse_uint(l->argv[i + 1], 1, 10000, &v) < 0)
+                    goto bad;
+                c->stats_maxconn = (unsigned)v;
+            } else {
                 goto bad;
-            c->stats_mode = (unsigned)m;
+            }
         }
         return 0;
     }

@@ -68,6 +68,7 @@ struct spoa_conf {
     char lock_prefix[64];
     char stats_socket[108]; /* operator socket path; "" = none */
     unsigned stats_mode;
+    unsigned stats_maxconn;
     bool has_metrics; /* Prometheus /metrics over HTTP */
     struct endpoint metrics;
     bool has_deliver; /* local delivery path for pages bigger than one ACK */

@@ -166,7 +166,9 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .publish = publish_cb,
                                 .ud = d};
     if (d->conf->stats_socket[0]) {
-        struct opsock_config oc = {.path = d->conf->stats_socket, .mode = d->conf->stats_mode};
+        struct opsock_config oc = {.path = d->conf->stats_socket,
+                                   .mode = d->conf->stats_mode,
+                                   .max_clients = d->conf->stats_maxconn};
 
         d->opsock = opsock_new(loop, &oc, err, sizeof(err));
         if (!d->opsock || cli_register(d->opsock, &d->cli, err, sizeof(err)) < 0) {
