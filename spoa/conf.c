@@ -92,6 +92,7 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->valkey_timeout = 0.05; /* well under the SPOE "timeout processing" */
     c->valkey_connect_timeout = 0.5;
     c->valkey_max_reply = 8u << 20;
+    c->l1_size = 256u << 20; /* a shard takes entries up to a quarter of its 16 MiB: 4 MiB pages */
     c->isr = (struct isr_conf)ISR_CONF_DEFAULT;
     c->lock_ms = 10000;
     c->stats_mode = 0600;
@@ -441,6 +442,12 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
             parse_endpoint(l->argv[1], &c->deliver, err, errlen) < 0)
             goto bad;
         c->has_deliver = true;
+        return 0;
+    }
+    if (!strcmp(kw, "l1-size")) {
+        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v > (64ull << 30))
+            goto bad;
+        c->l1_size = v;
         return 0;
     }
     if (!strcmp(kw, "pool"))

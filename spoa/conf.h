@@ -60,6 +60,7 @@ struct spoa_conf {
     double valkey_timeout;
     double valkey_connect_timeout;
     uint64_t valkey_max_reply;
+    uint64_t l1_size; /* in-process page cache, bytes; 0 = none */
     struct spoa_pool pools[SPOA_MAX_POOLS];
     unsigned npools;
     unsigned canary_weight; /* percent of new users pinned to the canary pool */

@@ -20,7 +20,9 @@
 
 struct parked {
     char token[DELIVER_TOKEN_SIZE];
-    struct isr_entry *entry;
+    const struct isr_entry *entry;
+    void (*release)(void *);
+    void *arg;
     enum isr_state state;
     bool not_modified;
     struct isr_conf conf;
@@ -55,7 +57,7 @@ static uint64_t token_hash(const char *t)
 static void parked_free(struct parked *p)
 {
     if (p) {
-        isr_entry_free(p->entry);
+        p->release(p->arg);
         free(p);
     }
 }
@@ -98,8 +100,9 @@ static void sweep(struct deliver *d, double now)
     }
 }
 
-int deliver_put(struct deliver *d, struct isr_entry *e, enum isr_state st, bool not_modified,
-                const struct isr_conf *conf, char token[DELIVER_TOKEN_SIZE])
+int deliver_put(struct deliver *d, const struct isr_entry *e, void (*release)(void *), void *arg,
+                enum isr_state st, bool not_modified, const struct isr_conf *conf,
+                char token[DELIVER_TOKEN_SIZE])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char rnd[16];
@@ -119,6 +122,8 @@ int deliver_put(struct deliver *d, struct isr_entry *e, enum isr_state st, bool 
     }
     p->token[32] = '\0';
     p->entry = e;
+    p->release = release;
+    p->arg = arg;
     p->state = st;
     p->not_modified = not_modified;
     p->conf = *conf;

@@ -28,11 +28,14 @@ struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t e
 /* Stops the server thread(s) and frees every parked entry. */
 void deliver_stop(struct deliver *d);
 
-/* Parks e (ownership moves here on success) to be answered as a HIT/STALE
- * (st) or a 304 (not_modified). Returns 0 with the token written, or -1 when
- * full (e is still the caller's). Thread-safe. */
-int deliver_put(struct deliver *d, struct isr_entry *e, enum isr_state st, bool not_modified,
-                const struct isr_conf *conf, char token[DELIVER_TOKEN_SIZE]);
+/* Parks e to be answered as a HIT/STALE (st) or a 304 (not_modified). e
+ * stays valid until release(arg) is called — once delivered, expired or at
+ * deliver_stop(): the caller's reference (in-process cache handle, or the
+ * entry itself) moves here on success. Returns 0 with the token written, or
+ * -1 when full (the reference is still the caller's). Thread-safe. */
+int deliver_put(struct deliver *d, const struct isr_entry *e, void (*release)(void *), void *arg,
+                enum isr_state st, bool not_modified, const struct isr_conf *conf,
+                char token[DELIVER_TOKEN_SIZE]);
 
 struct deliver_stats {
     unsigned long parked;    /* put */

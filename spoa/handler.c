@@ -6,10 +6,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
+
+#include <ev.h>
 
 #include "cookie.h"
 #include "deliver.h"
 #include "isr.h"
+#include "l1.h"
 #include "locale.h"
 #include "log.h"
 #include "lookup.h"
@@ -60,6 +64,7 @@ struct handler {
     struct ev_loop *loop;
     unsigned id;
     struct deliver *deliver;
+    struct l1 *l1; /* shared in-process page cache, may be NULL */
     struct spoa_stats *stats;
     struct valkey *valkey;
     uint8_t *scratch; /* the ACK's actions */
@@ -84,6 +89,13 @@ struct request {
     int64_t rsc, prefetch, state_tree, segment_prefetch, authorization, if_modified_since;
 };
 
+/* A reference on an entry: an in-process cache handle, or the entry itself. */
+struct held {
+    const struct isr_entry *e;
+    struct l1_ref *ref;
+    struct isr_entry *own;
+};
+
 /* Who the request is for: its locale and the pool (build) it is pinned to. */
 struct who {
     int locale; /* -1: none */
@@ -102,6 +114,16 @@ struct pending {
     bool conditional; /* may be answered 304 */
     char inm[INM_MAX];
     size_t inm_len;
+    char fkey[KEY_MAX]; /* key prefix + Next.js key */
+    size_t fkeylen;
+    size_t prefixlen;
+    uint64_t epoch;   /* of the in-process cache when the lookup started */
+    struct held held; /* the page, once known */
+    /* HAProxy must have its answer within valkey-timeout; the lookup itself
+     * may run on (a big page takes longer to read and parse) to fill the
+     * in-process cache for the next requests. */
+    ev_timer deadline;
+    bool answered;
 };
 
 static bool str_is(struct str s, const char *lit)
@@ -412,52 +434,134 @@ static bool deliver_fits(const struct pending *p, const struct isr_entry *e)
     return (e->status == 200 || e->status == 404) && e->body_len <= p->conf->isr.max_body;
 }
 
+static void release_ref_cb(void *arg)
+{
+    l1_release(arg);
+}
+
+static void release_own_cb(void *arg)
+{
+    isr_entry_free(arg);
+}
+
+static void held_release(struct held *hd)
+{
+    if (hd->ref)
+        l1_release(hd->ref);
+    else
+        isr_entry_free(hd->own);
+    memset(hd, 0, sizeof(*hd));
+}
+
+/* Answers a servable page: from the edge (ACK variables), through the local
+ * delivery path when too big for one ACK, else to the origin. */
+static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
+                        enum isr_state state, enum stat_cache c)
+{
+    const struct isr_entry *e = hd->e;
+    bool nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
+
+    if (put_edge(w, p, e, state, nm)) {
+        put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+        metrics_counter_inc(h->stats->requests[DEC_EDGE][c]);
+        if (nm)
+            metrics_counter_inc(h->stats->not_modified);
+        return;
+    }
+    wbuf_for(h, p->req, w);
+    put_who(w, p->conf, &p->who);
+    /* Too big for one ACK: the local delivery path serves it. */
+    if (h->deliver && deliver_fits(p, e)) {
+        char token[DELIVER_TOKEN_SIZE];
+        int r = hd->ref ? deliver_put(h->deliver, e, release_ref_cb, hd->ref, state, nm,
+                                      &p->conf->isr, token)
+                        : deliver_put(h->deliver, e, release_own_cb, hd->own, state, nm,
+                                      &p->conf->isr, token);
+
+        if (r == 0) {
+            memset(hd, 0, sizeof(*hd)); /* parked: the delivery server releases it */
+            put_str_var(w, VAR_ACTION, "deliver", 7);
+            put_str_var(w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
+            put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+            metrics_counter_inc(h->stats->requests[DEC_DELIVER][c]);
+            if (nm)
+                metrics_counter_inc(h->stats->not_modified);
+            return;
+        }
+    }
+    /* Not reproducible here (unknown header, odd status...): the origin serves it. */
+    log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
+    put_pass(w, h, CACHE_MISS);
+}
+
+static void finish_pending(struct handler *h, struct pending *p, struct spoe_wbuf *w)
+{
+    if (!p->answered)
+        send_ack(h, p->req, w);
+    ev_timer_stop(h->loop, &p->deadline);
+    held_release(&p->held);
+    spoa_conf_release(p->conf);
+    free(p);
+}
+
+/* The answer cannot wait longer: pass to the origin now, let the lookup end
+ * (and fill the in-process cache) by itself. */
+static void on_deadline(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct pending *p = t->data;
+    struct handler *h = p->h;
+    struct spoe_wbuf w;
+
+    wbuf_for(h, p->req, &w);
+    put_who(&w, p->conf, &p->who);
+    put_pass(&w, h, CACHE_ERROR);
+    metrics_counter_inc(h->stats->lookup_errors);
+    send_ack(h, p->req, &w);
+    p->answered = true;
+}
+
 static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, enum isr_state state,
                       const char *why)
 {
     struct pending *p = priv;
     struct handler *h = p->h;
     struct spoe_wbuf w;
-    enum stat_cache c = CACHE_MISS;
 
     metrics_histogram_observe(h->stats->lookup_seconds, now_mono() - p->t0);
-    wbuf_for(h, p->req, &w);
+    if (!p->answered)
+        wbuf_for(h, p->req, &w);
+    else
+        spoe_wbuf_init(&w, h->scratch, 0); /* answered at the deadline: fill the cache only */
+    if (e) {
+        /* Keep it in memory for the next requests, unless an invalidation
+         * came in since the lookup started (the epoch says so). */
+        enum l1_put_result pr;
+        struct l1_ref *ref =
+            h->l1 ? l1_put(h->l1, p->fkey, p->fkeylen, p->prefixlen, e, 0, p->epoch, &pr) : NULL;
+
+        held_release(&p->held);
+        if (ref) {
+            p->held.ref = ref;
+            p->held.e = l1_ref_entry(ref);
+        } else {
+            p->held.own = e;
+            p->held.e = e;
+        }
+    }
+    if (p->answered) {
+        finish_pending(h, p, &w);
+        return;
+    }
     switch (res) {
     case LOOKUP_HIT:
-    case LOOKUP_STALE: {
-        bool nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
-
-        c = res == LOOKUP_HIT ? CACHE_HIT : CACHE_STALE;
-        if (put_edge(&w, p, e, state, nm)) {
-            put_str_var(&w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
-            metrics_counter_inc(h->stats->requests[DEC_EDGE][c]);
-            if (nm)
-                metrics_counter_inc(h->stats->not_modified);
+    case LOOKUP_STALE:
+        if (!p->held.e) { /* the lock answer for a page from the cache lost its page */
+            put_who(&w, p->conf, &p->who);
+            put_pass(&w, h, CACHE_MISS);
             break;
         }
-        wbuf_for(h, p->req, &w);
-        put_who(&w, p->conf, &p->who);
-        /* Too big for one ACK: the local delivery path serves it. */
-        if (h->deliver && deliver_fits(p, e)) {
-            char token[DELIVER_TOKEN_SIZE];
-
-            if (deliver_put(h->deliver, e, state, nm, &p->conf->isr, token) == 0) {
-                e = NULL; /* parked: the delivery server owns it now */
-                put_str_var(&w, VAR_ACTION, "deliver", 7);
-                put_str_var(&w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
-                put_str_var(&w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
-                metrics_counter_inc(h->stats->requests[DEC_DELIVER][c]);
-                if (nm)
-                    metrics_counter_inc(h->stats->not_modified);
-                break;
-            }
-        }
-        /* Not reproducible here (unknown header, odd status...): the origin
-         * serves it. */
-        log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
-        put_pass(&w, h, CACHE_MISS);
+        answer_page(h, p, &w, &p->held, state, res == LOOKUP_HIT ? CACHE_HIT : CACHE_STALE);
         break;
-    }
     case LOOKUP_REVALIDATE:
         /* This request regenerates the page at the origin; Next.js answers it
          * (stale) and refreshes Valkey. */
@@ -476,10 +580,49 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
         log_debug("lookup_error", "worker=%u reason=%s", h->id, why);
         break;
     }
-    send_ack(h, p->req, &w);
-    isr_entry_free(e);
-    spoa_conf_release(p->conf);
-    free(p);
+    finish_pending(h, p, &w);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Serves the request from the in-process cache when it can. Returns true
+ * when answered (or when the lock for a stale page was asked for). */
+static bool try_l1(struct handler *h, struct pending *p, const struct lookup_params *lp)
+{
+    struct l1_ref *ref = l1_get(h->l1, p->fkey, p->fkeylen);
+    enum isr_state st;
+    struct spoe_wbuf w;
+
+    if (!ref)
+        return false;
+    /* No tag times: the cache is kept exact for revalidated tags. */
+    st = isr_state(l1_ref_entry(ref), &p->conf->isr, wall_ms(), NULL, 0);
+    if (st != ISR_FRESH && st != ISR_STALE) {
+        l1_release(ref);
+        return false;
+    }
+    p->held.ref = ref;
+    p->held.e = l1_ref_entry(ref);
+    if (st == ISR_STALE) {
+        /* Stale needs the cross-node lock: one request revalidates. */
+        if (lookup_lock(h->valkey, lp, on_lookup, p) == 0) {
+            ev_timer_start(h->loop, &p->deadline);
+            return true;
+        }
+        held_release(&p->held);
+        return false;
+    }
+    metrics_counter_inc(h->stats->l1_hits);
+    wbuf_for(h, p->req, &w);
+    answer_page(h, p, &w, &p->held, st, CACHE_HIT);
+    finish_pending(h, p, &w);
+    return true;
 }
 
 /* Starts the ISR lookup; false when the request is answered now instead. */
@@ -490,6 +633,7 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     struct lookup_params lp;
     struct pending *p;
     char key[KEY_MAX];
+    int n;
 
     if (!h->valkey || who->pool < 0)
         return false;
@@ -500,6 +644,15 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p = calloc(1, sizeof(*p));
     if (!p)
         return false;
+    n = snprintf(p->fkey, sizeof(p->fkey), "%s%s", pool->key_prefix, key);
+    if (n < 0 || (size_t)n >= sizeof(p->fkey)) {
+        free(p);
+        return false;
+    }
+    p->fkeylen = (size_t)n;
+    p->prefixlen = strlen(pool->key_prefix);
+    ev_timer_init(&p->deadline, on_deadline, conf->valkey_timeout, 0.);
+    p->deadline.data = p;
     p->h = h;
     p->req = req;
     p->conf = conf;
@@ -519,11 +672,19 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     lp.lock_ms = conf->lock_ms;
     lp.isr = &conf->isr;
     spoa_conf_hold(conf);
+    if (h->l1) {
+        if (try_l1(h, p, &lp))
+            return true;
+        /* Read before asking Valkey: an invalidation after this point makes
+         * the answer unfit for the cache. */
+        p->epoch = l1_epoch(h->l1);
+    }
     if (lookup_start(h->valkey, &lp, on_lookup, p) < 0) {
         spoa_conf_release(conf);
         free(p);
         return false;
     }
+    ev_timer_start(h->loop, &p->deadline);
     return true;
 }
 
@@ -560,7 +721,7 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
 }
 
 struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
-                            struct deliver *deliver, struct spoa_stats *stats)
+                            struct deliver *deliver, struct l1 *l1, struct spoa_stats *stats)
 {
     struct handler *h = calloc(1, sizeof(*h));
     char name[32];
@@ -570,6 +731,7 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
     h->loop = loop;
     h->id = worker_id;
     h->deliver = deliver;
+    h->l1 = l1;
     h->stats = stats;
     if (getrandom(&h->rng, sizeof(h->rng), 0) != (ssize_t)sizeof(h->rng) || h->rng == 0)
         h->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)worker_id;
@@ -588,7 +750,9 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
         vc.username = getenv("CEDRA_VALKEY_USERNAME");
         vc.db = conf->valkey_db;
         vc.name = name;
-        vc.command_timeout = conf->valkey_timeout;
+        /* Commands may outlive the answer deadline (valkey-timeout, per
+         * request): a big page still lands in the in-process cache. */
+        vc.command_timeout = conf->valkey_timeout * 10 > 1.0 ? conf->valkey_timeout * 10 : 1.0;
         vc.connect_timeout = conf->valkey_connect_timeout;
         vc.max_reply_size = conf->valkey_max_reply;
         h->valkey = valkey_new(loop, &vc);

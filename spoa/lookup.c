@@ -68,11 +68,24 @@ static void on_lock(struct valkey *v, void *priv, enum valkey_err err, const str
         finish(l, LOOKUP_ERROR, "lock_reply");
 }
 
-static void decide(struct lookup *l, const int64_t *times, size_t ntimes)
+/* SET NX PX: one request per key and window, across every edge node. */
+static int send_lock(struct lookup *l)
 {
     const char *argv[6];
     char px[16];
 
+    snprintf(px, sizeof(px), "%u", l->lock_ms);
+    argv[0] = "SET";
+    argv[1] = l->lock;
+    argv[2] = "1";
+    argv[3] = "NX";
+    argv[4] = "PX";
+    argv[5] = px;
+    return valkey_command(l->v, on_lock, l, 6, argv, NULL);
+}
+
+static void decide(struct lookup *l, const int64_t *times, size_t ntimes)
+{
     l->state = isr_state(l->entry, l->isr, now_ms(), times, ntimes);
     switch (l->state) {
     case ISR_FRESH:
@@ -87,15 +100,7 @@ static void decide(struct lookup *l, const int64_t *times, size_t ntimes)
     case ISR_STALE:
         break;
     }
-    /* SET NX PX: one request per key and window, across every edge node. */
-    snprintf(px, sizeof(px), "%u", l->lock_ms);
-    argv[0] = "SET";
-    argv[1] = l->lock;
-    argv[2] = "1";
-    argv[3] = "NX";
-    argv[4] = "PX";
-    argv[5] = px;
-    if (valkey_command(l->v, on_lock, l, 6, argv, NULL) < 0)
+    if (send_lock(l) < 0)
         finish(l, LOOKUP_ERROR, "queue");
 }
 
@@ -207,13 +212,13 @@ static int fmt(char *out, const char *a, const char *b)
     return n < 0 || n >= KEY_MAX ? -1 : 0;
 }
 
-int lookup_start(struct valkey *v, const struct lookup_params *p, lookup_cb *cb, void *priv)
+static struct lookup *lookup_new(struct valkey *v, const struct lookup_params *p, lookup_cb *cb,
+                                 void *priv)
 {
     struct lookup *l = calloc(1, sizeof(*l));
-    const char *argv[3];
 
     if (!l)
-        return -1;
+        return NULL;
     l->v = v;
     l->cb = cb;
     l->priv = priv;
@@ -225,8 +230,32 @@ int lookup_start(struct valkey *v, const struct lookup_params *p, lookup_cb *cb,
         fmt(l->lock, p->lock_prefix, l->key) < 0) {
         free(l);
         errno = ENAMETOOLONG;
+        return NULL;
+    }
+    return l;
+}
+
+int lookup_lock(struct valkey *v, const struct lookup_params *p, lookup_cb *cb, void *priv)
+{
+    struct lookup *l = lookup_new(v, p, cb, priv);
+
+    if (!l)
+        return -1;
+    l->state = ISR_STALE;
+    if (send_lock(l) < 0) {
+        free(l);
         return -1;
     }
+    return 0;
+}
+
+int lookup_start(struct valkey *v, const struct lookup_params *p, lookup_cb *cb, void *priv)
+{
+    struct lookup *l = lookup_new(v, p, cb, priv);
+    const char *argv[3];
+
+    if (!l)
+        return -1;
     /* Pipelined on one connection: one round trip for both. */
     argv[0] = "GET";
     argv[1] = l->key;

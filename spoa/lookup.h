@@ -39,6 +39,10 @@ typedef void lookup_cb(void *priv, enum lookup_result res, struct isr_entry *ent
  * then never called). */
 int lookup_start(struct valkey *v, const struct lookup_params *p, lookup_cb *cb, void *priv);
 
+/* Only the revalidation lock of a page already known to be stale (from the
+ * in-process cache): cb gets REVALIDATE, STALE or ERROR, and no entry. */
+int lookup_lock(struct valkey *v, const struct lookup_params *p, lookup_cb *cb, void *priv);
+
 const char *lookup_result_str(enum lookup_result r);
 
 #endif

@@ -15,8 +15,10 @@
 #include "cli.h"
 #include "conf.h"
 #include "httpd.h"
+#include "l1.h"
 #include "opsock.h"
 #include "stats.h"
+#include "tracking.h"
 #include "deliver.h"
 #include "log.h"
 #include "net.h"
@@ -40,6 +42,8 @@ struct daemon {
     int *fds; /* nworkers * nlisten, by worker then listener */
     unsigned nfds;
     struct deliver *deliver;
+    struct l1 *l1;             /* in-process page cache, kept exact by tracking */
+    struct tracking *tracking; /* on the main loop */
     struct spoa_stats *stats;
     struct opsock *opsock;
     struct httpd *httpd;
@@ -104,9 +108,27 @@ static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* The pools' key prefixes: what the in-process cache may hold and tracking
+ * must watch. */
+static size_t pool_prefixes(const struct spoa_conf *c, const char **out)
+{
+    size_t n = 0;
+
+    for (unsigned i = 0; i < c->npools; i++)
+        if (c->pools[i].key_prefix[0])
+            out[n++] = c->pools[i].key_prefix;
+    return n;
+}
+
 /* Hands a new configuration (its reference) to every worker. */
 static void publish(struct daemon *d, struct spoa_conf *c)
 {
+    if (d->tracking) {
+        const char *pfx[SPOA_MAX_POOLS];
+        size_t n = pool_prefixes(c, pfx);
+
+        tracking_set_prefixes(d->tracking, pfx, n);
+    }
     for (unsigned i = 0; i < d->nworkers; i++)
         worker_reload(d->workers[i], c);
     spoa_conf_release(d->conf);
@@ -331,6 +353,13 @@ int main(int argc, char **argv)
         spoa_conf_release(d.conf);
         return 1;
     }
+    if (d.conf->valkey_addr[0] && d.conf->l1_size) {
+        /* Starts disabled: tracking turns it on once invalidations flow. */
+        d.l1 = l1_new(d.conf->l1_size, 16);
+        if (!d.l1)
+            log_warning("l1_failed", "reason=\"out of memory\" size=%llu",
+                        (unsigned long long)d.conf->l1_size);
+    }
     if (d.conf->has_deliver) {
         struct deliver_cfg dc = {.listen = &d.conf->deliver};
 
@@ -351,8 +380,8 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &block, &old);
     d.workers = calloc(d.conf->threads, sizeof(*d.workers));
     for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
-        struct worker *w =
-            worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten, d.deliver, d.stats);
+        struct worker *w = worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten,
+                                      d.deliver, d.l1, d.stats);
 
         if (!w || worker_start(w) < 0) {
             log_error("worker_failed", "worker=%u error=\"%s\"", i, strerror(errno));
@@ -372,6 +401,19 @@ int main(int argc, char **argv)
     ev_signal_start(loop, &sterm);
     ev_signal_start(loop, &sint);
     ev_signal_start(loop, &shup);
+    if (rc == 0 && d.l1) {
+        const char *pfx[SPOA_MAX_POOLS];
+        struct tracking_cfg tc = {.addr = d.conf->valkey_addr,
+                                  .username = getenv("CEDRA_VALKEY_USERNAME"),
+                                  .password = getenv("CEDRA_VALKEY_PASSWORD"),
+                                  .db = d.conf->valkey_db};
+
+        tc.prefixes = pfx;
+        tc.nprefixes = pool_prefixes(d.conf, pfx);
+        d.tracking = tracking_new(loop, &tc, d.l1);
+        if (!d.tracking)
+            log_warning("tracking_failed", "reason=\"cannot start\" l1=off");
+    }
     if (rc == 0)
         rc = start_operator(&d, loop);
     if (rc == 0) {
@@ -393,7 +435,9 @@ int main(int argc, char **argv)
     free(d.workers);
     opsock_free(d.opsock);
     httpd_stop(d.httpd);
-    deliver_stop(d.deliver); /* after the workers: they park pages in it */
+    tracking_free(d.tracking); /* after the workers: they read the cache it keeps exact */
+    deliver_stop(d.deliver);   /* after the workers: they park pages in it */
+    l1_free(d.l1);             /* after delivery: parked pages hold cache references */
     close_listeners(&d);
     if (pidfile)
         unlink(pidfile);

@@ -40,6 +40,8 @@ struct spoa_stats *spoa_stats_new(void)
                                         "SPOE messages that are not ours (acknowledged, ignored).");
     s->lookup_errors = metrics_counter(s->m, "cedra_spoa_valkey_errors_total",
                                        "ISR lookups that failed in Valkey (request passed on).");
+    s->l1_hits = metrics_counter(s->m, "cedra_spoa_l1_hits_total",
+                                 "Fresh pages answered from the in-process cache, no Valkey trip.");
     s->lookup_seconds =
         metrics_histogram(s->m, "cedra_spoa_valkey_lookup_duration_seconds",
                           "Time of an ISR lookup in Valkey, all its round trips.", lookup_bounds,
@@ -52,8 +54,8 @@ struct spoa_stats *spoa_stats_new(void)
     s->spop_aborted = metrics_counter(s->m, "cedra_spoa_spop_aborted_total",
                                       "Fragmented NOTIFYs aborted by HAProxy.");
     if (!s->not_modified || !s->revalidations || !s->redirect_refused || !s->ack_too_big ||
-        !s->other_messages || !s->lookup_errors || !s->lookup_seconds || !s->spop_connections ||
-        !s->spop_open || !s->spop_errors || !s->spop_aborted)
+        !s->other_messages || !s->lookup_errors || !s->l1_hits || !s->lookup_seconds ||
+        !s->spop_connections || !s->spop_open || !s->spop_errors || !s->spop_aborted)
         goto fail;
     return s;
 fail:

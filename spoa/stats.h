@@ -17,6 +17,7 @@ struct spoa_stats {
     struct metrics_counter *ack_too_big;
     struct metrics_counter *other_messages;
     struct metrics_counter *lookup_errors;
+    struct metrics_counter *l1_hits;
     struct metrics_histogram *lookup_seconds;
     struct metrics_counter *spop_connections;
     struct metrics_gauge *spop_open;
