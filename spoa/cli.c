@@ -7,6 +7,7 @@
 #include "conf.h"
 #include "config.h"
 #include "deliver.h"
+#include "l1.h"
 #include "log.h"
 #include "opsock.h"
 #include "routes.h"
@@ -138,6 +139,73 @@ static int set_pool(struct opsock_out *out, int argc, char **argv, void *ud)
     return 0;
 }
 
+static int cache_line(const struct l1_info *info, const struct isr_entry *e, void *ud)
+{
+    opsock_printf(ud, "%s,%zu,%.1f,%u,%s,%d\n", info->key, info->bytes, info->age, info->hits,
+                  info->main ? "main" : "probation", e->status);
+    return 0;
+}
+
+static int show_cache(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    struct l1_stats ls;
+    const char *prefix = argc >= 3 ? argv[2] : "";
+
+    if (argc > 3)
+        return opsock_error(out, "usage: show cache [key prefix]");
+    if (!st->l1)
+        return opsock_error(out, "no in-process cache (needs valkey and l1-size)");
+    l1_get_stats(st->l1, &ls);
+    opsock_printf(out,
+                  "# enabled=%d entries=%llu bytes=%llu max_bytes=%llu hits=%llu misses=%llu "
+                  "evictions=%llu invalidations=%llu\n",
+                  ls.enabled, (unsigned long long)ls.entries, (unsigned long long)ls.bytes,
+                  (unsigned long long)ls.max_bytes, (unsigned long long)ls.hits,
+                  (unsigned long long)ls.misses, (unsigned long long)ls.evictions,
+                  (unsigned long long)ls.invalidations);
+    opsock_printf(out, "# key,bytes,age_s,hits,queue,status\n");
+    l1_foreach(st->l1, prefix, strlen(prefix), cache_line, out);
+    return 0;
+}
+
+/* Drops pages from memory only: Valkey and Next.js stay the source of truth,
+ * the next request reads the page from Valkey again. */
+static int purge(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    size_t n;
+
+    if (argc != 3)
+        return opsock_error(out,
+                            "usage: purge key <full key> | purge prefix <key prefix> | purge all");
+    if (!st->l1)
+        return opsock_error(out, "no in-process cache");
+    if (!strcmp(argv[1], "key"))
+        n = l1_invalidate_key(st->l1, argv[2], strlen(argv[2]));
+    else if (!strcmp(argv[1], "prefix"))
+        n = l1_invalidate_prefix(st->l1, argv[2], strlen(argv[2]));
+    else
+        return opsock_error(out,
+                            "usage: purge key <full key> | purge prefix <key prefix> | purge all");
+    opsock_printf(out, "purged %zu\n", n);
+    log_notice("purge", "what=%s entries=%zu", argv[1], n);
+    return 0;
+}
+
+static int purge_all(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    struct cli_state *st = ud;
+    size_t n;
+
+    if (!st->l1)
+        return opsock_error(out, "no in-process cache");
+    n = l1_flush(st->l1);
+    opsock_printf(out, "purged %zu\n", n);
+    log_notice("purge", "what=all entries=%zu", n);
+    return 0;
+}
+
 static int set_log_level(struct opsock_out *out, int argc, char **argv, void *ud)
 {
     enum log_level lvl;
@@ -175,6 +243,11 @@ int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errle
          "canary weight <0-100>",
          set_pool},
         {"set log-level", "<level> error, warning, notice, info or debug", set_log_level},
+        {"show cache", "[key prefix] what the in-process cache holds: key, size, age, hits",
+         show_cache},
+        {"purge key", "<full key> drop one page from memory (Valkey is untouched)", purge},
+        {"purge prefix", "<key prefix> drop every page under a key prefix from memory", purge},
+        {"purge all", "drop every page from memory", purge_all},
         {"show metrics", "the Prometheus exposition of every metric", show_metrics},
         {NULL, NULL, NULL},
     };

@@ -8,6 +8,7 @@ struct opsock;
 struct spoa_conf;
 struct spoa_stats;
 struct deliver;
+struct l1;
 
 /* What the commands read and act on; owned by main.c. */
 struct cli_state {
@@ -17,6 +18,7 @@ struct cli_state {
     struct spoa_conf **conf; /* the current configuration (main thread) */
     struct spoa_stats *stats;
     struct deliver *deliver; /* may be NULL */
+    struct l1 *l1;           /* may be NULL */
     /* Publishes a new configuration to the workers (set pool ...). */
     void (*publish)(void *ud, struct spoa_conf *c);
     void *ud;

@@ -185,6 +185,7 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .conf = &d->conf,
                                 .stats = d->stats,
                                 .deliver = d->deliver,
+                                .l1 = d->l1,
                                 .publish = publish_cb,
                                 .ud = d};
     if (d->conf->stats_socket[0]) {

@@ -141,6 +141,28 @@ class PoolsTest(HaproxyCase):
         self.assertEqual((hdrs["x-cedra-cache"], self.served_by(hdrs)), ("MISS", "stable"))
         self.assertEqual(hdrs.get("x-origin"), "1")  # the stable origin of start_stack
 
+    def test_show_cache_and_purge(self):
+        chair = load_value("product-chair.json")
+        redis_cmd(self.rport, "SET", "s:/fr/products/chair", json.dumps(aged(chair, 1)))
+        redis_cmd(self.rport, "HSET", "s:__sharedTags__", "/fr/products/chair", json.dumps(chair["tags"]))
+        harness.wait_until(lambda: self.get()[1].get("x-cedra-cache") == "HIT", 10 * SF, what="HIT")
+        harness.wait_until(lambda: "s:/fr/products/chair," in self.cmd("show cache"), 10 * SF,
+                           what="page in the in-process cache")
+        out = self.cmd("show cache s:/fr/")
+        self.assertIn("# enabled=1", out)
+        self.assertRegex(out, r"s:/fr/products/chair,\d+,[\d.]+,\d+,(main|probation),200")
+        self.assertNotIn("s:/fr/products/chair", self.cmd("show cache c:"))
+        self.assertIn("purged 1", self.cmd("purge key s:/fr/products/chair"))
+        self.assertNotIn("s:/fr/products/chair,", self.cmd("show cache"))
+        # Valkey is untouched: the next request reads it again and it is back.
+        self.assertEqual(self.get()[1].get("x-cedra-cache"), "HIT")
+        harness.wait_until(lambda: "s:/fr/products/chair," in self.cmd("show cache"), 10 * SF,
+                           what="page back in memory")
+        self.assertIn("purged 1", self.cmd("purge prefix s:"))
+        self.assertIn("purged 0", self.cmd("purge all"))
+        self.assertIn("error", opsock(self.sock, "purge key"))
+        self.assertIn("error", opsock(self.sock, "show cache a b"))
+
     def test_bad_commands(self):
         for line in ("set pool", "set pool blue key-prefix x routes pathname",
                      "set pool canary weight 101", "set pool stable off",
