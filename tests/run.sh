@@ -115,7 +115,8 @@ fi
 
 stage "integration tests (HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'))"
 out=$(mktemp)
-CEDRA_SPOA="$top/build/spoa/cedra-spoa" python3 "$top/tests/integration/run.py" 2>&1 | tee "$out"
+CEDRA_SPOA="$top/build/spoa/cedra-spoa" CEDRA_AGENT="$top/build/agent/cedra-agent" \
+  python3 "$top/tests/integration/run.py" --timeout 1800 2>&1 | tee "$out"
 grep -E '^(PASS|FAIL|SKIP) ' "$out" | sed 's/^\(PASS\|FAIL\|SKIP\) /\1 integration\//' >>"$results"
 grep -qE '^integration: [0-9]+ passed' "$out" || record FAIL "integration/runner"
 rm -f "$out"
