@@ -387,6 +387,20 @@ static const char *var_for_header(const char *name, bool second)
     return NULL;
 }
 
+/* HAProxy's lf-string escapes the control bytes of a variable (a newline
+ * comes out as "%0A"), TAB and bytes >= 0x80 aside: a body holding any cannot
+ * go through the "http-request return" rules. */
+static bool lf_safe(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 /* Writes the edge answer for a servable entry. Returns false when some part
  * of what Next.js would send cannot be reproduced by the shipped HAProxy
  * rules: the request then goes to the origin. */
@@ -399,6 +413,8 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
 
     if (status != 200 && status != 404 && status != 304)
         return false;
+    if (!not_modified && !lf_safe(e->body, e->body_len))
+        return false; /* the delivery path serves it byte for byte */
     if (isr_headers(e, state, not_modified, &p->conf->isr, &hs) < 0)
         return false;
     for (size_t i = 0; i < hs.n; i++) {

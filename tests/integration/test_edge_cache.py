@@ -195,6 +195,23 @@ class EdgeCacheTest(HaproxyCase):
             self.assertIn(b"Chaise v2", body)
         print("\nL1 invalidation seen by a client after %.1f ms" % ((time.monotonic() - t0) * 1000))
 
+    def test_bodies_with_control_bytes_are_served_exactly(self):
+        """HAProxy's lf-string escapes control bytes of a variable (a newline
+        becomes %0A): such pages must still reach the client byte for byte."""
+        page = json.loads(json.dumps(self.chair))
+        page["value"]["html"] = ("<!DOCTYPE html>\n<html><body>\r\n<pre>a\tb\nc</pre>"
+                                 "<p>100% \u007f %0A</p></body></html>\n")
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        self.put_page("pre", aged(page, 1))
+        harness.wait_until(lambda: self.get("/fr/products/pre")[1].get("x-cedra-cache") == "HIT",
+                           10 * SF, what="HIT on the page with control bytes")
+        st, hdrs, body = self.get("/fr/products/pre")
+        self.assertEqual(st, 200)
+        self.assertNotIn("x-origin", hdrs)
+        self.assertEqual(body, page["value"]["html"].encode())
+        self.assertEqual(hdrs["etag"], next_etag(page["value"]["html"]))
+
     def test_etag_algorithm_matches_nextjs(self):
         self.assertEqual(next_etag(self.chair["value"]["html"]), self.next_headers["etag"])
 

@@ -153,8 +153,8 @@ class HaproxyCase(harness.IntegrationTestCase):
         return self.hap
 
     def wait_origin_up(self):
-        harness.wait_until(lambda: stat_row(self.hap.sock, "storefront_stable", "stable1")["status"] == "UP",
-                           10, what="storefront_stable/stable1 UP")
+        harness.wait_until(lambda: stat_row(self.hap.sock, "storefront_stable", "origin")["status"] == "UP",
+                           10, what="storefront_stable/origin UP")
 
     def wait_spoa_check(self, status="UP", check="L7OK", timeout=10 * SF):
         def ok():

@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""Helpers of bench/edge.sh (Python stdlib only).
+
+  ports N                          N free loopback TCP ports
+  wait-tcp PORT [SECONDS]          until PORT accepts a connection
+  redis PORT CMD [ARG...]          one command, reply printed (repr for non-str)
+  seed REDIS_PORT DIR              the real v16 chair entry, timestamps moved to
+                                   now, under its route-cache key; writes
+                                   DIR/body.html, DIR/expected.json (the headers
+                                   Next.js sends for it), DIR/static.cfg (variant A)
+                                   and DIR/key
+  verify LABEL PORT DIR [N]        N GETs of /fr/products/chair over keep-alive
+                                   connections: status, body byte for byte,
+                                   headers, x-cedra-cache HIT
+  verify-origin PORT [SECONDS]     Next.js answers the page 200 with x-nextjs-cache HIT
+  spoa-metrics SOCK                cedra-spoa edge/HIT and total decisions
+  cpu-snap OUT NAME=PGID...        CPU seconds used so far by each process group
+  rb-rate FILE                     GET/s from redis-benchmark --csv output
+  one DIR STEM                     one round's summary line
+  report DIR [TITLE]               the table and ratios from DIR/*.wrk, *.rb, *.cpu*
+"""
+
+import glob
+import http.client
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FIX = os.path.join(REPO, "tests", "fixtures", "isr", "v16")
+PREFIX = "storefront:"
+ROUTE_KEY = ("/route-cache/APP_PAGE/600fe424a8f39649d833b7ff10b31023d5c4f89f76ff08babb88a1011243c40d"
+             "/$/fr/products/chair")
+PATH = "/fr/products/chair"
+# Long enough to stay fresh for the whole run (the fixture's own value is 10 s);
+# only Cache-Control's numbers change with it.
+REVALIDATE = int(os.environ.get("CEDRA_BENCH_REVALIDATE", "3600"))
+NEXT_EXPIRE = 31536000
+APP_VARY = "rsc, next-router-state-tree, next-router-prefetch, next-router-segment-prefetch"
+
+
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_tcp(port, seconds):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def redis_cmd(port, *args):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        return _read(s.makefile("rb"))
+    finally:
+        s.close()
+
+
+def _read(f):
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t in (b"+", b"-"):
+        return rest.decode()
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if t == b"*":
+        return [_read(f) for _ in range(int(rest))]
+    raise ValueError("bad RESP %r" % line)
+
+
+def next_etag(text):
+    """Next.js's ETag (FNV-1a 64 over UTF-16 units folded to 52 bits), as
+    tests/integration/test_edge_cache.py writes it."""
+    units = text.encode("utf-16-le")
+    h = 0xcbf29ce484222325
+    n = len(units) // 2
+    for i in range(n):
+        h ^= units[2 * i] | (units[2 * i + 1] << 8)
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    v = (h & ((1 << 52) - 1)) ^ (h >> 52)
+
+    def b36(x):
+        d = "0123456789abcdefghijklmnopqrstuvwxyz"
+        s = ""
+        while True:
+            x, r = divmod(x, 36)
+            s = d[r] + s
+            if not x:
+                return s
+    return '"%s%s"' % (b36(v), b36(n))
+
+
+def seed(rport, out):
+    with open(os.path.join(FIX, "values", "product-chair.json")) as f:
+        v = json.load(f)
+    now_ms = int(time.time() * 1000)
+    ls = v["lifespan"]
+    ls["revalidate"] = REVALIDATE
+    ls["staleAge"] = REVALIDATE
+    ls["expireAge"] = REVALIDATE * 3 // 2
+    v["lastModified"] = now_ms
+    ls["lastModifiedAt"] = now_ms // 1000
+    ls["staleAt"] = ls["lastModifiedAt"] + ls["staleAge"]
+    ls["expireAt"] = ls["lastModifiedAt"] + ls["expireAge"]
+    raw = json.dumps(v)
+    assert redis_cmd(rport, "SET", PREFIX + ROUTE_KEY, raw) == "OK"
+    redis_cmd(rport, "HSET", PREFIX + "__sharedTags__", ROUTE_KEY, json.dumps(v["tags"]))
+    html = v["value"]["html"]
+    body = html.encode()
+    with open(os.path.join(out, "body.html"), "wb") as f:
+        f.write(body)
+    with open(os.path.join(out, "key"), "w") as f:
+        f.write(PREFIX + ROUTE_KEY)
+    expected = {
+        "vary": APP_VARY + ", Accept-Encoding",
+        "x-nextjs-cache": "HIT",
+        "x-nextjs-prerender": "1",
+        "x-nextjs-stale-time": v["value"]["headers"]["x-nextjs-stale-time"],
+        "x-powered-by": "Next.js",
+        "cache-control": "s-maxage=%d, stale-while-revalidate=%d" % (REVALIDATE, NEXT_EXPIRE - REVALIDATE),
+        "etag": next_etag(html),
+        "content-type": "text/html; charset=utf-8",
+        "content-length": str(len(body)),
+        "x-cedra-cache": "HIT",
+        "x-cedra-locale": "fr",
+    }
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+    q = lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'  # noqa: E731
+    hdrs = " ".join("hdr %s %s" % (k, q(expected[k])) for k in (
+        "vary", "x-nextjs-cache", "x-nextjs-prerender", "x-nextjs-stale-time", "x-powered-by",
+        "cache-control", "etag"))
+    with open(os.path.join(HERE, "lua", "haproxy-lua.cfg")) as f:
+        lua_cfg = f.read()
+    # Variant A: the same global/defaults (log format included) as the others,
+    # the page from a file, the same headers.
+    head = lua_cfg[lua_cfg.index("\nglobal\n") + 1:lua_cfg.index("frontend fe_http")]
+    head = "\n".join(l for l in head.splitlines() if "lua" not in l.lower()) + "\n"
+    cfg = ("# variant A of bench/edge.sh: the static limit (written by edge_util.py seed)\n" + head +
+           ("frontend fe_http\n"
+            "    bind \"${CEDRA_HTTP_BIND}\"\n"
+            "    http-request return status 200 content-type \"text/html; charset=utf-8\" file %s %s\n"
+            "    http-after-response set-header x-cedra-cache HIT\n"
+            "    http-after-response set-header x-cedra-locale fr\n") % (
+                os.path.join(out, "body.html"), hdrs))
+    with open(os.path.join(out, "static.cfg"), "w") as f:
+        f.write(cfg)
+    print("seeded %s (%d bytes of JSON, %d bytes of HTML, revalidate %d s)" % (
+        PREFIX + ROUTE_KEY, len(raw), len(body), REVALIDATE))
+
+
+def get(conn):
+    conn.request("GET", PATH)
+    r = conn.getresponse()
+    return r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read()
+
+
+def verify(label, port, out, n):
+    with open(os.path.join(out, "body.html"), "rb") as f:
+        body = f.read()
+    with open(os.path.join(out, "expected.json")) as f:
+        expected = json.load(f)
+    # The first requests may pass while cedra-spoa connects to Valkey.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            st, hdrs, got = get(c)
+            c.close()
+            if st == 200 and dict(hdrs).get("x-cedra-cache") == "HIT":
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit("%s: never answered HIT on port %d" % (label, port))
+        time.sleep(0.1)
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(4)]
+    bad = []
+    for i in range(n):
+        st, hdrs, got = get(conns[i % len(conns)])
+        names = [k for k, _ in hdrs]
+        d = dict(hdrs)
+        if st != 200:
+            bad.append("status %d" % st)
+        if got != body:
+            bad.append("body differs (%d bytes vs %d)" % (len(got), len(body)))
+        if len(set(names)) != len(names):
+            bad.append("repeated header in %r" % names)
+        if d != expected:
+            diff = {k: (d.get(k), expected.get(k)) for k in set(d) | set(expected) if d.get(k) != expected.get(k)}
+            bad.append("headers differ: %r" % diff)
+        if bad:
+            sys.exit("%s: response %d of %d: %s" % (label, i + 1, n, "; ".join(bad)))
+    for c in conns:
+        c.close()
+    print("%s: %d/%d responses 200, body byte-identical (%d bytes), the %d headers Next.js sends + x-cedra-*, x-cedra-cache HIT" % (
+        label, n, n, len(body), len(expected)))
+
+
+def verify_origin(port, seconds):
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            st, hdrs, got = get(c)
+            c.close()
+            last = (st, dict(hdrs).get("x-nextjs-cache"), len(got))
+            if st == 200 and last[1] == "HIT":
+                print("E: Next.js answers %s 200, x-nextjs-cache HIT, %d bytes" % (PATH, len(got)))
+                return
+        except OSError as e:
+            last = e
+        time.sleep(0.3)
+    sys.exit("E: Next.js never answered a HIT (last: %r)" % (last,))
+
+
+def spoa_metrics(sock):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(sock)
+    s.sendall(b"show metrics\n")
+    data = b""
+    while not data.endswith(b"\n\n"):
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    hit = total = 0
+    for line in data.decode().splitlines():
+        m = re.match(r'cedra_spoa_requests_total\{([^}]*)\} (\d+)', line)
+        if m:
+            total += int(m.group(2))
+            if 'decision="edge"' in m.group(1) and 'cache="HIT"' in m.group(1):
+                hit += int(m.group(2))
+    print(hit, total)
+
+
+def cpu_snap(out, specs):
+    """specs: NAME=PGID... -> json {NAME: utime+stime seconds of every
+    process of that process group, threads included}."""
+    tck = os.sysconf("SC_CLK_TCK")
+    groups = {}
+    for spec in specs:
+        name, pg = spec.split("=")
+        groups[name] = int(pg)
+    tot = {name: 0.0 for name in groups}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pgrp = int(fields[2])
+        for name, pg in groups.items():
+            if pg and pgrp == pg:
+                tot[name] += (int(fields[11]) + int(fields[12])) / tck
+    with open(out, "w") as f:
+        json.dump(tot, f)
+
+
+def _secs(num, unit):
+    return float(num) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def parse_wrk(path):
+    with open(path) as f:
+        t = f.read()
+    m = re.search(r"Requests/sec:\s+([\d.]+)", t)
+    n = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", t)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+    p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M)
+    requests = int(n.group(1)) if n else 0
+    secs = _secs(n.group(2), n.group(3)) if n else 0.0
+    bad = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in errs.groups()) if errs else 0)
+    return {
+        # what counts: responses served as asked (2xx), per second
+        "ok_rps": (requests - min(bad, requests)) / secs if secs else float("nan"),
+        "rps": float(m.group(1)) if m else float("nan"),
+        "requests": int(n.group(1)) if n else 0,
+        "secs": _secs(n.group(2), n.group(3)) if n else 0.0,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(int(x) for x in errs.groups()) if errs else 0,
+        "p50": p50.group(1) if p50 else "?",
+        "p99": p99.group(1) if p99 else "?",
+    }
+
+
+def rb_rate(path):
+    print("%.0f" % parse_rb(path))
+
+
+def parse_rb(path):
+    with open(path) as f:
+        for line in f:
+            cells = [c.strip('"') for c in line.strip().split('","')]
+            if len(cells) >= 2 and cells[0].upper().startswith("GET"):
+                try:
+                    return float(cells[1])
+                except ValueError:
+                    pass
+    return float("nan")
+
+
+def cpu_delta(d, stem):
+    try:
+        with open(os.path.join(d, stem + ".cpu0")) as f:
+            a = json.load(f)
+        with open(os.path.join(d, stem + ".cpu1")) as f:
+            b = json.load(f)
+    except OSError:
+        return {}
+    return {k: b[k] - a.get(k, 0.0) for k in b}
+
+
+def one(d, stem):
+    """One line about one round, for the progress log."""
+    v = stem.split(".")[0]
+    cpu = cpu_delta(d, stem)
+    if v == "F":
+        rps = parse_rb(os.path.join(d, stem + ".rb"))
+        print("%.0f GET/s" % rps)
+        return
+    w = parse_wrk(os.path.join(d, stem + ".wrk"))
+    extra = ", ".join("%s %.0f%%" % (k, 100 * c / max(1e-9, w["secs"])) for k, c in sorted(cpu.items()))
+    print("%.0f good req/s (%.0f with failures), non-2xx %d, errors %d, p50 %s, p99 %s%s" % (
+        w["ok_rps"], w["rps"], w["non2xx"], w["errors"], w["p50"], w["p99"], "; CPU " + extra if extra else ""))
+
+
+NAMES = {
+    "A": "HAProxy http-request return file (static limit)",
+    "B": "HAProxy (shipped cfg) + cedra-spoa",
+    "H": "HAProxy (shipped cfg) + cedra-spoa, l1-size 0 (Valkey path)",
+    "C": "HAProxy + Lua, Valkey per request (core.tcp pool)",
+    "D": "HAProxy + Lua, per-thread table cache",
+    "E": "Next.js origin (own Redis cache handler), direct",
+    "F": "redis-benchmark GET of the same value",
+    "G": "HAProxy (shipped cfg) + do-nothing agent replaying B's ACK",
+}
+
+
+def report(d, title):
+    try:
+        with open(os.path.join(d, "spoa-l1")) as f:
+            l1 = f.read().strip() == "1"
+    except OSError:
+        l1 = False
+    names = dict(NAMES)
+    names["B"] += ", L1 on (default)" if l1 else ", no L1: Valkey per request"
+    wrk, cpu, rb = {}, {}, []
+    for p in sorted(glob.glob(os.path.join(d, "?.*.wrk"))):
+        stem = os.path.basename(p)[:-4]
+        v = stem.split(".")[0]
+        wrk.setdefault(v, []).append(parse_wrk(p))
+        for k, c in cpu_delta(d, stem).items():
+            acc = cpu.setdefault(v, {}).setdefault(k, [0.0, 0])
+            acc[0] += c
+            acc[1] += wrk[v][-1]["requests"]
+    for p in sorted(glob.glob(os.path.join(d, "F.*.rb"))):
+        rb.append(parse_rb(p))
+        for k, c in cpu_delta(d, os.path.basename(p)[:-3]).items():
+            acc = cpu.setdefault("F", {}).setdefault(k, [0.0, 0])
+            acc[0] += c
+    med = {}
+    print()
+    print("edge hit benchmark, GET /fr/products/chair (8030-byte page, 26 KB entry): " + title)
+    if not l1:
+        print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
+    print()
+    print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
+    for v in "ABHCDEG":
+        rs = wrk.get(v)
+        if not rs:
+            continue
+        med[v] = statistics.median(r["ok_rps"] for r in rs)
+        mid = sorted(rs, key=lambda r: r["ok_rps"])[len(rs) // 2]
+        sent = sum(r["requests"] for r in rs)
+        failed = sum(min(r["requests"], r["non2xx"] + r["errors"]) for r in rs)
+        print("%-2s %-58s %7.0f  %-20s %-16s %d of %d%s" % (
+            v, names[v], med[v], " ".join("%.0f" % r["ok_rps"] for r in rs),
+            "%s/%s" % (mid["p50"], mid["p99"]), failed, sent,
+            " (%.0f%%)" % (100.0 * failed / sent) if failed and sent else ""))
+    if rb:
+        med["F"] = statistics.median(rb)
+        print("%-2s %-58s %7.0f  %-20s" % ("F", NAMES["F"], med["F"], " ".join("%.0f" % x for x in rb)))
+    print("   (req/s = 2xx responses per second, median of the rounds; failures are requests the")
+    print("    edge did not answer in time and passed to the 503 origin stub, or socket errors)")
+    print()
+    print("ratios of the medians (same run):")
+    valkey_path = "H" if "H" in med else "B"
+    for name, x, y, target in [
+            ("B/A", "B", "A", ">= 0.6"), ("B/D", "B", "D", ">= 2"), ("B/C", "B", "C", ">= 5"),
+            ("%s/F" % valkey_path, valkey_path, "F", "Valkey path vs the store"),
+            ("B/E", "B", "E", "edge vs origin"), ("B/H", "B", "H", "L1 on vs off"),
+            ("G/A", "G", "A", "HAProxy side, agent ~free"),
+            ("D/A", "D", "A", "Lua cache vs static"), ("C/A", "C", "A", "Lua lookup vs static")]:
+        if x in med and y in med and med[y] > 0:
+            r = med[x] / med[y]
+            verdict = ""
+            if target.startswith(">="):
+                verdict = "met" if r >= float(target[2:]) else "NOT met"
+            print("  %-4s %8.2f   target %-26s %s" % (name, r, target, verdict))
+    if cpu:
+        print()
+        print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
+        print("sent, all rounds; wrk's own CPU not included):")
+        cost = {}
+        for v in "ABHCDEG":
+            if v in cpu:
+                parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
+                cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
+                print("  %s  total %6.1f: %s" % (v, cost[v], ", ".join(parts)))
+        print()
+        print("the same ratios from CPU per request (cost(Y)/cost(X)): what they would be if the")
+        print("server's CPU were the only limit, i.e. with the load generator on other cores:")
+        for name, x, y, target in [("B/A", "B", "A", ">= 0.6"), ("B/D", "B", "D", ">= 2"),
+                                   ("B/C", "B", "C", ">= 5"), ("B/E", "B", "E", ""),
+                                   ("B/H", "B", "H", "L1 on vs off"),
+                                   ("G/A", "G", "A", "HAProxy side, agent ~free"),
+                                   ("G/D", "G", "D", ""), ("G/C", "G", "C", "")]:
+            if x in cost and y in cost and cost[x] > 0:
+                print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
+    print()
+    for v in "BH":
+        try:
+            with open(os.path.join(d, "spoa-metrics." + v)) as f:
+                h0, t0, h1, t1 = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+        sent = sum(r["requests"] for r in wrk.get(v, []))
+        print("cedra-spoa during the %s rounds: %d decisions, %d edge HIT; wrk sent %d requests" % (
+            v, t1 - t0, h1 - h0, sent))
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "ports":
+        print(" ".join(str(p) for p in free_ports(int(args[0]))))
+    elif cmd == "wait-tcp":
+        sys.exit(0 if wait_tcp(int(args[0]), float(args[1]) if len(args) > 1 else 10) else 1)
+    elif cmd == "redis":
+        r = redis_cmd(int(args[0]), *args[1:])
+        print(r.decode() if isinstance(r, bytes) else r)
+    elif cmd == "seed":
+        seed(int(args[0]), args[1])
+    elif cmd == "verify":
+        verify(args[0], int(args[1]), args[2], int(args[3]) if len(args) > 3 else 200)
+    elif cmd == "verify-origin":
+        verify_origin(int(args[0]), float(args[1]) if len(args) > 1 else 60)
+    elif cmd == "spoa-metrics":
+        spoa_metrics(args[0])
+    elif cmd == "cpu-snap":
+        cpu_snap(args[0], args[1:])
+    elif cmd == "rb-rate":
+        rb_rate(args[0])
+    elif cmd == "one":
+        one(args[0], args[1])
+    elif cmd == "report":
+        report(args[0], args[1] if len(args) > 1 else "")
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
