@@ -27,6 +27,16 @@ static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
     opsock_printf(out, "Valkey: %s\n", c->valkey_addr[0] ? c->valkey_addr : "none");
     opsock_printf(out, "Deliver: %s\n", c->has_deliver ? c->deliver.text : "none");
     opsock_printf(out, "Spop_connections: %.0f\n", metrics_gauge_value(st->stats->spop_open));
+    if (st->l1) {
+        struct l1_stats ls;
+
+        l1_get_stats(st->l1, &ls);
+        opsock_printf(out, "L1_enabled: %d\nL1_entries: %llu\nL1_bytes: %llu\nL1_max_bytes: %llu\n",
+                      ls.enabled, (unsigned long long)ls.entries, (unsigned long long)ls.bytes,
+                      (unsigned long long)ls.max_bytes);
+    }
+    if (st->tracking_up)
+        opsock_printf(out, "Valkey_tracking: %s\n", st->tracking_up(st->ud) ? "up" : "down");
     opsock_printf(out, "Locales: ");
     for (unsigned i = 0; i < c->locales.n; i++)
         opsock_printf(out, "%s%s%s", i ? "," : "", c->locales.name[i],
@@ -181,7 +191,23 @@ static int purge(struct opsock_out *out, int argc, char **argv, void *ud)
                             "usage: purge key <full key> | purge prefix <key prefix> | purge all");
     if (!st->l1)
         return opsock_error(out, "no in-process cache");
-    if (!strcmp(argv[1], "key"))
+    if (!strcmp(argv[1], "path")) {
+        const struct spoa_conf *c = *st->conf;
+        char key[1024];
+
+        /* A URL path: its key in every pool (each build has its own). */
+        n = 0;
+        for (unsigned i = 0; i < c->npools; i++) {
+            const struct spoa_pool *p = &c->pools[i];
+            size_t pl = strlen(p->key_prefix);
+
+            if (pl >= sizeof(key))
+                continue;
+            memcpy(key, p->key_prefix, pl);
+            if (routes_key(p->routes, argv[2], strlen(argv[2]), key + pl, sizeof(key) - pl) >= 0)
+                n += l1_invalidate_key(st->l1, key, strlen(key));
+        }
+    } else if (!strcmp(argv[1], "key"))
         n = l1_invalidate_key(st->l1, argv[2], strlen(argv[2]));
     else if (!strcmp(argv[1], "prefix"))
         n = l1_invalidate_prefix(st->l1, argv[2], strlen(argv[2]));
@@ -245,6 +271,8 @@ int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errle
         {"set log-level", "<level> error, warning, notice, info or debug", set_log_level},
         {"show cache", "[key prefix] what the in-process cache holds: key, size, age, hits",
          show_cache},
+        {"purge path", "<url path> drop a page from memory, in every pool (Valkey is untouched)",
+         purge},
         {"purge key", "<full key> drop one page from memory (Valkey is untouched)", purge},
         {"purge prefix", "<key prefix> drop every page under a key prefix from memory", purge},
         {"purge all", "drop every page from memory", purge_all},

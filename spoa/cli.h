@@ -2,6 +2,7 @@
 #ifndef CEDRA_SPOA_CLI_H
 #define CEDRA_SPOA_CLI_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct opsock;
@@ -21,6 +22,7 @@ struct cli_state {
     struct l1 *l1;           /* may be NULL */
     /* Publishes a new configuration to the workers (set pool ...). */
     void (*publish)(void *ud, struct spoa_conf *c);
+    bool (*tracking_up)(void *ud); /* NULL without an in-process cache */
     void *ud;
 };
 

@@ -711,6 +711,7 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
     struct spoe_msg m;
     bool answered = false;
 
+    metrics_counter_inc(h->stats->spop_notifies);
     wbuf_for(h, req, &w);
     while (spoe_msg_next(&msgs, &m) == 1) {
         struct request rq;

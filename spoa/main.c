@@ -140,6 +140,69 @@ static void publish_cb(void *ud, struct spoa_conf *c)
     publish(ud, c);
 }
 
+static bool tracking_up_cb(void *ud)
+{
+    const struct daemon *d = ud;
+
+    return d->tracking && tracking_up(d->tracking);
+}
+
+/* Scrape-time gauges of the in-process cache (l1_get_stats is thread-safe). */
+static double l1_stat(struct l1 *l1, int which)
+{
+    struct l1_stats ls;
+
+    l1_get_stats(l1, &ls);
+    switch (which) {
+    case 0:
+        return (double)ls.entries;
+    case 1:
+        return (double)ls.bytes;
+    case 2:
+        return (double)ls.evictions;
+    case 3:
+        return (double)ls.invalidations;
+    default:
+        return ls.enabled;
+    }
+}
+static double l1_entries(void *ud)
+{
+    return l1_stat(ud, 0);
+}
+static double l1_bytes(void *ud)
+{
+    return l1_stat(ud, 1);
+}
+static double l1_evictions(void *ud)
+{
+    return l1_stat(ud, 2);
+}
+static double l1_invalidations(void *ud)
+{
+    return l1_stat(ud, 3);
+}
+static double l1_on(void *ud)
+{
+    return l1_stat(ud, 4);
+}
+
+static void register_l1_metrics(struct metrics *m, struct l1 *l1)
+{
+    /* Counters that only ever grow are exposed as gauges computed at scrape
+     * time: the registry's counters cannot be set from a snapshot. */
+    metrics_gauge_fn(m, "cedra_spoa_l1_entries", "Pages in the in-process cache.", l1_entries, l1);
+    metrics_gauge_fn(m, "cedra_spoa_l1_bytes", "Bytes charged to the in-process cache.", l1_bytes,
+                     l1);
+    metrics_gauge_fn(m, "cedra_spoa_l1_evictions", "Pages evicted for room since start.",
+                     l1_evictions, l1);
+    metrics_gauge_fn(m, "cedra_spoa_l1_invalidations",
+                     "Pages dropped by Valkey invalidations or purges since start.",
+                     l1_invalidations, l1);
+    metrics_gauge_fn(m, "cedra_spoa_l1_enabled",
+                     "1 while Valkey tracking keeps the in-process cache exact.", l1_on, l1);
+}
+
 static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
 {
     struct daemon *d = s->data;
@@ -187,6 +250,7 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .deliver = d->deliver,
                                 .l1 = d->l1,
                                 .publish = publish_cb,
+                                .tracking_up = d->l1 ? tracking_up_cb : NULL,
                                 .ud = d};
     if (d->conf->stats_socket[0]) {
         struct opsock_config oc = {.path = d->conf->stats_socket,
@@ -199,6 +263,8 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
             return 1;
         }
     }
+    if (d->l1)
+        register_l1_metrics(d->stats->m, d->l1);
     if (d->conf->has_metrics) {
         struct httpd_config hc = {.listen = &d->conf->metrics};
 

@@ -48,6 +48,8 @@ struct spoa_stats *spoa_stats_new(void)
                           sizeof(lookup_bounds) / sizeof(lookup_bounds[0]));
     s->spop_connections =
         metrics_counter(s->m, "cedra_spoa_spop_connections_total", "SPOP connections accepted.");
+    s->spop_notifies = metrics_counter(s->m, "cedra_spoa_spop_notifies_total",
+                                       "NOTIFY frames received (reassembled when fragmented).");
     s->spop_open = metrics_gauge(s->m, "cedra_spoa_spop_connections", "SPOP connections open.");
     s->spop_errors = metrics_counter(s->m, "cedra_spoa_spop_errors_total",
                                      "SPOP connections ended by a protocol error of the peer.");
@@ -55,7 +57,8 @@ struct spoa_stats *spoa_stats_new(void)
                                       "Fragmented NOTIFYs aborted by HAProxy.");
     if (!s->not_modified || !s->revalidations || !s->redirect_refused || !s->ack_too_big ||
         !s->other_messages || !s->lookup_errors || !s->l1_hits || !s->lookup_seconds ||
-        !s->spop_connections || !s->spop_open || !s->spop_errors || !s->spop_aborted)
+        !s->spop_connections || !s->spop_notifies || !s->spop_open || !s->spop_errors ||
+        !s->spop_aborted)
         goto fail;
     return s;
 fail:

@@ -20,6 +20,7 @@ struct spoa_stats {
     struct metrics_counter *l1_hits;
     struct metrics_histogram *lookup_seconds;
     struct metrics_counter *spop_connections;
+    struct metrics_counter *spop_notifies;
     struct metrics_gauge *spop_open;
     struct metrics_counter *spop_errors;
     struct metrics_counter *spop_aborted;

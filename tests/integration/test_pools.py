@@ -158,6 +158,13 @@ class PoolsTest(HaproxyCase):
         self.assertEqual(self.get()[1].get("x-cedra-cache"), "HIT")
         harness.wait_until(lambda: "s:/fr/products/chair," in self.cmd("show cache"), 10 * SF,
                            what="page back in memory")
+        info = self.cmd("show info")
+        self.assertIn("Valkey_tracking: up", info)
+        self.assertRegex(info, r"L1_entries: [1-9]")
+        self.assertIn("purged 1", self.cmd("purge path /fr/products/chair"))
+        self.assertEqual(self.get()[1].get("x-cedra-cache"), "HIT")
+        harness.wait_until(lambda: "s:/fr/products/chair," in self.cmd("show cache"), 10 * SF,
+                           what="page back in memory again")
         self.assertIn("purged 1", self.cmd("purge prefix s:"))
         self.assertIn("purged 0", self.cmd("purge all"))
         self.assertIn("error", opsock(self.sock, "purge key"))
