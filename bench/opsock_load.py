@@ -2,7 +2,7 @@
 """Does the operator socket slow requests down? HAProxy + cedra-spoa (shipped
 config) + an origin on loopback; the same wrk load twice in one run, alone
 and with 100 concurrent operator-socket clients each sending a command every
-~50 ms (show stat / show info / show metrics), alternating rounds. Prints
+--interval seconds (default 50 ms) (show stat / show info / show metrics), alternating rounds. Prints
 requests/s and p99 latency of both and the ratio.
 
   bench/opsock_load.py [--rounds 3] [--seconds 5]
@@ -25,6 +25,9 @@ import harness  # noqa: E402
 CMDS = [b"show stat\n", b"show info\n", b"show metrics\n"]
 
 
+INTERVAL = 0.05
+
+
 async def client(path, stop, counts):
     i = 0
     while not stop.is_set():
@@ -38,7 +41,7 @@ async def client(path, stop, counts):
         except OSError:
             counts["err"] += 1
         i += 1
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(INTERVAL)
 
 
 def socket_load(path, n, stop, counts):
@@ -47,7 +50,7 @@ def socket_load(path, n, stop, counts):
 
         async def watch():
             while not stop.is_set():
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(INTERVAL)
             ev.set()
         tasks = [asyncio.create_task(client(path, ev, counts)) for _ in range(n)]
         await watch()
@@ -71,7 +74,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--interval", type=float, default=0.05,
+                    help="seconds between two commands of one client")
     a = ap.parse_args()
+    global INTERVAL
+    INTERVAL = a.interval
     env = harness.Env("opsock-bench")
     try:
         sock = env.path("spoa.sock")
