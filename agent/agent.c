@@ -202,7 +202,9 @@ static void spoa_sync(struct agent *a)
     if (!a->spoa || !a->nsvc || !s->have_applied)
         return;
     memset(&w, 0, sizeof(w));
-    w.weight = agent_canary_weight(a, NULL);
+    /* Once promoted, the new build takes every new user while the old one
+     * finishes serving the users pinned to it. */
+    w.weight = s->promoted ? 100 : agent_canary_weight(a, NULL);
     for (int k = 0; k < POOL_KINDS; k++) {
         struct spoa_pool_want *p = &w.pool[k];
         const char *pool = pool_kind_name((enum pool_kind)k);
@@ -662,6 +664,89 @@ static void round_start(struct agent *a)
 
 /* ---- Consul ----------------------------------------------------------------------- */
 
+static int by_kind_id(const void *x, const void *y)
+{
+    const struct instance *a = x, *b = y;
+
+    if (a->kind != b->kind)
+        return a->kind < b->kind ? -1 : 1;
+    return strcmp(a->id, b->id);
+}
+
+/* The build most instances of the given tag kind run, or NULL (none, or a tie). */
+static const char *majority_build(const struct pool_set *ps, enum pool_kind kind)
+{
+    const char *best = NULL;
+    size_t bestn = 0;
+    bool tie = false;
+
+    for (size_t i = 0; i < ps->n; i++) {
+        size_t n = 0;
+
+        if (ps->inst[i].kind != kind || !ps->inst[i].build_id[0])
+            continue;
+        for (size_t j = 0; j < ps->n; j++)
+            n += ps->inst[j].kind == kind && !strcmp(ps->inst[j].build_id, ps->inst[i].build_id);
+        if (n > bestn) {
+            best = ps->inst[i].build_id;
+            bestn = n;
+            tie = false;
+        } else if (n == bestn && best && strcmp(best, ps->inst[i].build_id) != 0) {
+            tie = true;
+        }
+    }
+    return tie ? NULL : best;
+}
+
+/* Pools follow builds, not tags alone. Nomad removes the canary tag when a
+ * deployment is promoted and then replaces the old allocations one by one:
+ * by tags, the new build would join the stable pool next to the old one and
+ * users pinned to either build would be served by both. So the stable pool
+ * keeps the build it serves until no instance of it is left; every other
+ * build is the canary pool (its backend, its keys in cedra-spoa), and once
+ * promoted it takes every new user. */
+static void assign_by_build(struct agent_svc *s, struct pool_set *ps)
+{
+    bool present = false, tagged = false;
+    size_t other = 0;
+
+    if (!s->stable_build[0] || !pool_set_count(ps, POOL_STABLE)) {
+        const char *b = majority_build(ps, POOL_STABLE);
+
+        if (b && !s->stable_build[0])
+            str_copy(s->stable_build, b, sizeof(s->stable_build));
+    }
+    for (size_t i = 0; i < ps->n; i++)
+        present |= !strcmp(ps->inst[i].build_id, s->stable_build);
+    if (!present) {
+        /* The old build is gone: the rollout is over, the new one is stable. */
+        const char *b = majority_build(ps, POOL_STABLE);
+
+        if (b) {
+            log_notice("stable_build", "service=%s from=%s to=%s", s->conf->name,
+                       s->stable_build[0] ? s->stable_build : "-", b);
+            str_copy(s->stable_build, b, sizeof(s->stable_build));
+        }
+    }
+    if (!s->stable_build[0])
+        return; /* no build ids: pools by tag */
+    for (size_t i = 0; i < ps->n; i++) {
+        struct instance *in = &ps->inst[i];
+
+        if (!in->build_id[0])
+            continue;
+        if (strcmp(in->build_id, s->stable_build) != 0) {
+            tagged |= in->kind == POOL_CANARY;
+            in->kind = POOL_CANARY;
+            other++;
+        } else {
+            in->kind = POOL_STABLE;
+        }
+    }
+    s->promoted = other > 0 && !tagged;
+    qsort(ps->inst, ps->n, sizeof(ps->inst[0]), by_kind_id);
+}
+
 static void accept_set(struct agent_svc *s, const struct pool_set *ps, const char *why)
 {
     struct agent *a = s->a;
@@ -672,6 +757,8 @@ static void accept_set(struct agent_svc *s, const struct pool_set *ps, const cha
         log_error("out_of_memory", "service=%s where=accept", s->conf->name);
         return;
     }
+    if (s->idx == 0)
+        assign_by_build(s, &copy);
     pool_set_free(&s->good);
     s->good = copy;
     s->have_good = true;

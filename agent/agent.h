@@ -38,7 +38,9 @@ struct agent_svc {
     struct consul_watch *w;
 
     /* Consul side. */
-    struct pool_set good; /* last accepted set */
+    struct pool_set good;              /* last accepted set (pools assigned by build) */
+    char stable_build[POOL_BUILD_MAX]; /* the build the stable pool serves */
+    bool promoted; /* the other build lost its canary tag: a rollout after promotion */
     bool have_good;
     struct pool_set refused; /* last refused answer, while in panic */
     bool have_refused;

@@ -70,13 +70,16 @@ static enum op next_op(const struct acked *a, const struct spoa_want *w, char *c
         return OP_STABLE;
     }
     if (wc->on) {
-        if (!a->pool_known[POOL_CANARY] || !pool_same(&a->v.pool[POOL_CANARY], wc)) {
-            pool_cmd(cmd, len, "canary", wc);
-            return OP_CANARY_ON;
-        }
+        /* The share first: cedra-spoa keeps it across pool changes, so a new
+         * canary never exists, even for a moment, with the wrong share (a
+         * user drawn then stays pinned for the cookie's lifetime). */
         if (!a->weight_known || a->v.weight != w->weight) {
             snprintf(cmd, len, "set pool canary weight %d", w->weight);
             return OP_WEIGHT;
+        }
+        if (!a->pool_known[POOL_CANARY] || !pool_same(&a->v.pool[POOL_CANARY], wc)) {
+            pool_cmd(cmd, len, "canary", wc);
+            return OP_CANARY_ON;
         }
         return OP_NONE;
     }
@@ -98,7 +101,6 @@ static void ack_op(struct acked *a, enum op op, const struct spoa_want *w)
     case OP_CANARY_ON:
         a->v.pool[POOL_CANARY] = w->pool[POOL_CANARY];
         a->pool_known[POOL_CANARY] = true;
-        a->weight_known = false; /* always follow a (re)defined canary with its weight */
         break;
     case OP_CANARY_OFF:
         memset(&a->v.pool[POOL_CANARY], 0, sizeof(a->v.pool[POOL_CANARY]));

@@ -457,11 +457,25 @@ class AgentTest(harness.IntegrationTestCase):
         try:
             harness.wait_until(lambda: canary_load.total() > 50 and stable_load.total() > 50, 10,
                                what="load flowing")
-            # Nomad promotion: the tags flip in place, same instance, same id
+            # Nomad promotion: the tags flip in place, same instance, same id.
+            # Pools follow builds: b2 keeps its backend and pool (now taking
+            # every new user) while b1 still serves the users pinned to it.
             self.double.update_instance(SVC, "o4", tags=[])
-            self.wait_ports("storefront_stable", [1, 2, 4])
+            self.wait_spoa(lambda p: p.get("canary", {}).get("build") == "b2" and
+                           p["canary"]["weight"] == 100 and p["stable"]["build"] == "b1",
+                           "promoted canary takes every new user")
+            self.wait_ports("storefront_canary", [4])
+            self.wait_ports("storefront_stable", [1, 2])
+            n = canary_load.total()
+            harness.wait_until(lambda: canary_load.total() > n + 50, 10, what="load after the flip")
+            # The rollout replaces the b1 allocations: once none is left, b2 is
+            # the stable build and moves to the stable backend.
+            self.set_catalog(self.inst(4, build="b2"), self.inst(5, build="b2"))
+            self.wait_ports("storefront_stable", [4, 5])
             self.wait_ports("storefront_canary", [])
             self.wait_no_drain()
+            self.wait_spoa(lambda p: "canary" not in p and p["stable"]["build"] == "b2",
+                           "stable is b2, canary off")
             n = canary_load.total()
             harness.wait_until(lambda: canary_load.total() > n + 50, 10, what="load after")
         finally:
@@ -470,9 +484,9 @@ class AgentTest(harness.IntegrationTestCase):
         self.assertEqual(canary_load.fail, 0, canary_load.errors[:5])
         self.assertEqual(stable_load.fail, 0, stable_load.errors[:5])
         self.assertGreater(canary_load.by.get("o4", 0), 0)
-        # canary users fall back to stable once the canary backend is empty
-        self.assertTrue(set(canary_load.by) - {"o4"}, canary_load.by)
-        self.wait_spoa(lambda p: "canary" not in p, "canary off after promotion")
+        # canary users never reached a b1 instance after the flip... they are
+        # served by b2 (o4, then o4/o5 in the stable backend)
+        self.assertTrue(set(canary_load.by) <= {"o1", "o2", "o4", "o5"}, canary_load.by)
 
     def test_05_revert_without_failure(self):
         self.baseline()

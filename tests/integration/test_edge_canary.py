@@ -25,9 +25,9 @@ One stack for the class; the steps run in order and each needs the previous:
      slot in maintenance, i.e. idle, bounded by drain-grace). Under a bounded
      concurrent load of cookie-carrying users: zero failed requests, users
      end on b2, cedra-spoa's stable pool is b2. Measured, not asserted: how
-     many requests of canary-pinned (b2) users are served by b1 during the
-     rollout (the agent drops the canary pool at promotion while b1 instances
-     still serve in the stable pool, so their pin no longer holds);
+     asserted too: no request of a canary-pinned (b2) user is served by b1
+     during the rollout (the promoted build keeps the canary pool, at 100 %
+     of new users, until no b1 instance is left);
   4. auto-revert of a second canary (b3): users get pinned to canary.b3 (and
      stale pins of earlier builds are ignored and drawn again); with the share
      at 0 (operator override on the agent) forged pins never reach the canary
@@ -527,20 +527,24 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
             # Nomad promotion: the canary's tags flip in place (same id, b2)
             t_promote = time.monotonic()
             self.double.update_instance(SVC, "c2", tags=["web"])
-            self.wait_slots("storefront_stable", ["s1", "s2", "c2"])
-            self.wait_slots("storefront_canary", [])
-            self.wait_pools({"stable": ("b1", 100)})
+            # The promoted build keeps its own pool (and backend) while the old
+            # build still serves its pinned users; it now takes every new user.
+            self.wait_slots("storefront_stable", ["s1", "s2"])
+            self.wait_slots("storefront_canary", ["c2"])
+            self.wait_pools({"stable": ("b1", 0), "canary": ("b2", 100)})
             load.settle()
             # rolling update, max_parallel 1: s1 stops (replaced by the
             # promoted canary) ...
             self.stop_allocation("s1")
-            self.wait_slots("storefront_stable", ["s2", "c2"])
+            self.wait_slots("storefront_stable", ["s2"])
             load.settle()
             # ... then s2 stops while the new b2 allocation n2 is placed: it
             # registers with its check critical, which passes once it is up
             self.double.put_instance(SVC, self.inst("n2", status="critical"))
             self.double.remove_instance(SVC, "s2")
+            # b1 is gone: b2 becomes the stable build, in the stable backend.
             self.wait_slots("storefront_stable", ["c2"])
+            self.wait_slots("storefront_canary", [])
             load.settle()
             self.double.update_instance(SVC, "n2", status="passing")
             self.stop_allocation("s2", deregister=False)
@@ -565,6 +569,9 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
                        failed[:3], cache_err, sum(1 for a in answers if a.pins), len(after),
                        sorted({a.build for a in after}), flip_back, len(cu_after_promo)))
         self.assertEqual(failed, [], "failed requests during the promotion")
+        # A pinned user never gets a page of the other build (DESIGN 3.2):
+        # the promoted build keeps its pool until the old one is gone.
+        self.assertEqual(flip_back, 0, "canary-pinned users served by the old build")
         # no canary pool at any point after the flip with a different stable
         # build: nobody gets pinned (or re-pinned) during the promotion
         self.assertEqual([a for a in answers if a.pins], [])
