@@ -125,7 +125,10 @@ size_t spoa_client_diff(const struct spoa_want *acked, const struct spoa_want *w
     memset(&a, 0, sizeof(a));
     if (acked) {
         a.v = *acked;
-        a.pool_known[POOL_STABLE] = a.pool_known[POOL_CANARY] = a.weight_known = true;
+        a.pool_known[POOL_STABLE] = a.pool_known[POOL_CANARY] = true;
+        /* A share is only ever sent while a canary exists (as the live client
+         * does: "canary off" forgets it). */
+        a.weight_known = acked->pool[POOL_CANARY].on;
     }
     while (n < max) {
         enum op op = next_op(&a, want, cmds[n], 512);

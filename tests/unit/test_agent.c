@@ -165,13 +165,13 @@ static void test_spoa_diff(void **state)
     assert_string_equal(cmds[0], "set pool stable key-prefix sf:b1: routes pathname build b1");
     assert_string_equal(cmds[1], "set pool canary off");
 
-    /* A canary appears: its pool, then its weight. */
+    /* A canary appears: its weight first (no moment with a wrong share), then its pool. */
     acked = want;
     set_pool(&want.pool[POOL_CANARY], "sf:b2:", "b2");
     n = spoa_client_diff(&acked, &want, cmds, 8);
     assert_int_equal(n, 2);
-    assert_string_equal(cmds[0], "set pool canary key-prefix sf:b2: routes pathname build b2");
-    assert_string_equal(cmds[1], "set pool canary weight 10");
+    assert_string_equal(cmds[0], "set pool canary weight 10");
+    assert_string_equal(cmds[1], "set pool canary key-prefix sf:b2: routes pathname build b2");
 
     /* Only the weight changes. */
     acked = want;
@@ -201,8 +201,8 @@ static void test_spoa_diff(void **state)
     want.weight = 0;
     n = spoa_client_diff(NULL, &want, cmds, 8);
     assert_int_equal(n, 2);
-    assert_string_equal(cmds[0], "set pool canary key-prefix sf: routes pathname");
-    assert_string_equal(cmds[1], "set pool canary weight 0");
+    assert_string_equal(cmds[0], "set pool canary weight 0");
+    assert_string_equal(cmds[1], "set pool canary key-prefix sf: routes pathname");
 }
 
 static void test_pool_build(void **state)
