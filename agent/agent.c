@@ -705,10 +705,13 @@ static const char *majority_build(const struct pool_set *ps, enum pool_kind kind
  * keeps the build it serves until no instance of it is left; every other
  * build is the canary pool (its backend, its keys in cedra-spoa), and once
  * promoted it takes every new user. */
-static void assign_by_build(struct agent_svc *s, struct pool_set *ps)
+static bool assign_by_build(struct agent_svc *s, struct pool_set *ps)
 {
+    char before[POOL_BUILD_MAX];
     bool present = false, tagged = false;
     size_t other = 0;
+
+    str_copy(before, s->stable_build, sizeof(before));
 
     if (!s->stable_build[0] || !pool_set_count(ps, POOL_STABLE)) {
         const char *b = majority_build(ps, POOL_STABLE);
@@ -729,7 +732,7 @@ static void assign_by_build(struct agent_svc *s, struct pool_set *ps)
         }
     }
     if (!s->stable_build[0])
-        return; /* no build ids: pools by tag */
+        return false; /* no build ids: pools by tag */
     for (size_t i = 0; i < ps->n; i++) {
         struct instance *in = &ps->inst[i];
 
@@ -745,6 +748,7 @@ static void assign_by_build(struct agent_svc *s, struct pool_set *ps)
     }
     s->promoted = other > 0 && !tagged;
     qsort(ps->inst, ps->n, sizeof(ps->inst[0]), by_kind_id);
+    return before[0] && strcmp(before, s->stable_build) != 0;
 }
 
 static void accept_set(struct agent_svc *s, const struct pool_set *ps, const char *why)
@@ -752,13 +756,14 @@ static void accept_set(struct agent_svc *s, const struct pool_set *ps, const cha
     struct agent *a = s->a;
     struct pool_set copy;
     bool had_canary = s->have_good && pool_set_count(&s->good, POOL_CANARY) > 0;
+    bool stable_changed = false;
 
     if (pool_set_copy(&copy, ps) < 0) {
         log_error("out_of_memory", "service=%s where=accept", s->conf->name);
         return;
     }
     if (s->idx == 0)
-        assign_by_build(s, &copy);
+        stable_changed = assign_by_build(s, &copy);
     pool_set_free(&s->good);
     s->good = copy;
     s->have_good = true;
@@ -778,7 +783,10 @@ static void accept_set(struct agent_svc *s, const struct pool_set *ps, const cha
     pool_set_free(&s->refused);
     s->have_refused = false;
     svc_metrics(s);
-    if (s->idx == 0 && had_canary && pool_set_count(&s->good, POOL_CANARY) == 0)
+    /* A reverted canary leaves cedra-spoa at once (its users belong on the
+     * stable build HAProxy already serves); a new stable build waits for the
+     * round that puts it in the stable backend. */
+    if (s->idx == 0 && had_canary && pool_set_count(&s->good, POOL_CANARY) == 0 && !stable_changed)
         spoa_sync(a);
     agent_round_now(a);
 }
