@@ -319,16 +319,24 @@ class _NextjsEdge(object):
         sys.stderr.write("\n[%s stale burst] %r\n" % (v, self.stale_figures))
         self.assertEqual(to_next, 1, "%s: %d requests reached Next in the window (a %d, b %d), caches %r" % (
             v, to_next, after[0] - before[0], after[1] - before[1], caches))
-        for r in results:
-            self.assertEqual((r.status, r.cache), (200, "STALE"), "%s: %r" % (v, r))
-            self.assertEqual(r.h("x-nextjs-cache"), "STALE", "%s: %r" % (v, r))
+        # Every answer is the stale page, except those that come after Next
+        # finished regenerating it within the burst: those are the new page,
+        # fresh (HIT) — the edge sees the new value at once (client tracking).
+        stale = [r for r in results if r.cache == "STALE"]
+        fresh = [r for r in results if r.cache != "STALE"]
+        for r in stale:
+            self.assertEqual((r.status, r.h("x-nextjs-cache")), (200, "STALE"), "%s: %r" % (v, r))
             self.assertEqual(r.body, old.body, "%s: not the stale page %r" % (v, r))
-        # Edge and Next answered alike (one of the 50 came from Next).
+        for r in fresh:
+            self.assertEqual((r.status, r.cache), (200, "HIT"), "%s: %r" % (v, r))
+            self.assertNotEqual(r.render_id(), old.render_id(), "%s: HIT with the old page %r" % (v, r))
+        self.assertGreater(len(stale), 25, "%s: %r" % (v, caches))
+        # Edge and Next answered alike (one of the stale answers came from Next).
         for h in ("content-type", "cache-control", "vary", "etag", "x-nextjs-stale-time"):
-            self.assertEqual(len(set(tuple(r.all(h)) for r in results)), 1, "%s: %s differs: %r" % (
-                v, h, sorted(set(tuple(r.all(h)) for r in results))))
+            self.assertEqual(len(set(tuple(r.all(h)) for r in stale)), 1, "%s: %s differs: %r" % (
+                v, h, sorted(set(tuple(r.all(h)) for r in stale))))
         self.assertEqual(sum(self.stale_figures["revalidations"]), 1, v)
-        self.assertEqual(sum(self.stale_figures["edge_stale"]), 49, v)
+        self.assertEqual(sum(self.stale_figures["edge_stale"]), len(stale) - 1, v)
 
         # Next regenerates in the background; meanwhile the edge keeps serving
         # the stale page, and nothing else reaches Next before the HIT.
