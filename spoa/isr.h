@@ -52,7 +52,7 @@ struct isr_conf {
 #define ISR_CONF_DEFAULT                                                                           \
     {                                                                                              \
         .expire = ISR_ONE_YEAR, .powered_by = true, .compress = true, .max_value = 16u << 20,      \
-        .max_body = 4u << 20                                                                       \
+        .max_body = 2u << 20                                                                       \
     }
 
 /* Limits on untrusted input. Next itself allows 128 explicit tags of at most

@@ -19,6 +19,7 @@ from test_locale_routing import raw_request
 
 FIX = os.path.join(harness.REPO, "tests", "fixtures", "isr", "v16")
 PREFIX = "storefront:"
+MAX_BODY = 2 * 1024 * 1024  # isr-max-body of this stack: the largest page served from the edge
 ROUTE_KEY = ("/route-cache/APP_PAGE/600fe424a8f39649d833b7ff10b31023d5c4f89f76ff08babb88a1011243c40d"
              "/$/fr/products/%s")
 
@@ -123,6 +124,7 @@ class EdgeCacheTest(HaproxyCase):
             "pool stable key-prefix %s routes %s" % (PREFIX, os.path.join(FIX, "routes.table")),
             "revalidate-lock 5s",
             "session-cookie sid",
+            "isr-max-body %d" % MAX_BODY,
         ])
         self.deliver_port = harness.free_port()
         extra += "\ndeliver 127.0.0.1:%d" % self.deliver_port
@@ -245,6 +247,32 @@ class EdgeCacheTest(HaproxyCase):
         # A forged token from a client is dropped by HAProxy before anything sees it.
         st, hdrs, got = self.get("/fr/products/big", {"X-Cedra-Token": "0" * 32})
         self.assertEqual((st, len(got)), (200, len(body)))
+
+    def test_page_of_the_configured_maximum_size(self):
+        """isr-max-body is 2 MiB in this stack: a page of exactly that size is
+        served from the edge byte for byte; one byte more goes to the origin."""
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        for slug, size, edge in (("max", MAX_BODY, True), ("over", MAX_BODY + 1, False)):
+            page = json.loads(json.dumps(self.chair))
+            head, tail = "<!DOCTYPE html><html><body><pre>", "</pre></body></html>"
+            page["value"]["html"] = head + "x" * (size - len(head) - len(tail)) + tail
+            body = page["value"]["html"].encode()
+            self.assertEqual(len(body), size)
+            self.put_page(slug, aged(page, 1))
+            path = "/fr/products/" + slug
+            if edge:
+                harness.wait_until(lambda: self.get(path)[1].get("x-cedra-cache") == "HIT",
+                                   10 * SF, what="HIT on the %d-byte page" % size)
+                st, hdrs, got = self.get(path)
+                self.assertEqual((st, hdrs["x-cedra-cache"], len(got)), (200, "HIT", size))
+                self.assertNotIn("x-origin", hdrs)
+                self.assertEqual(got, body)
+                self.assertEqual(hdrs["etag"], next_etag(page["value"]["html"]))
+            else:
+                for _ in range(3):
+                    st, hdrs, got = self.get(path)
+                    self.assertEqual((st, hdrs.get("x-origin"), hdrs["x-cedra-cache"]), (200, "1", "MISS"))
 
     def test_if_none_match_gets_304(self):
         self.put_page("chair", aged(self.chair, 1))
