@@ -133,15 +133,6 @@ static bool name_ok(const char *s, size_t max)
     return true;
 }
 
-static int want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
-{
-    if (l->argc != n + 1) {
-        snprintf(err, errlen, "'%s' takes %d argument%s", l->argv[0], n, n == 1 ? "" : "s");
-        return -1;
-    }
-    return 0;
-}
-
 static int get_duration(const struct cfg_line *l, const char *s, double min, double max,
                         double *out, char *err, size_t errlen)
 {
@@ -357,7 +348,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
                     : !strcmp(kw, "build-key") ? c->build_key
                                                : c->canary_weight_key;
 
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (!strcmp(kw, "canary-weight-key") && !strcmp(l->argv[1], "none")) {
             dst[0] = '\0';
@@ -369,7 +360,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "canary-weight")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100, &v) < 0)
             goto bad;
         c->canary_weight = (int)v;
         return 0;
@@ -378,7 +369,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         char *end;
         double r;
 
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         r = strtod(l->argv[1], &end);
         if (*end || end == l->argv[1] || !(r >= 0 && r <= 1))
@@ -387,38 +378,38 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "consul-addr")) {
-        if (want_args(l, 1, err, errlen) < 0 || !l->argv[1][0] ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || !l->argv[1][0] ||
             strlen(l->argv[1]) >= sizeof(c->consul_addr))
             goto bad;
         str_copy(c->consul_addr, l->argv[1], sizeof(c->consul_addr));
         return 0;
     }
     if (!strcmp(kw, "consul-datacenter")) {
-        if (want_args(l, 1, err, errlen) < 0 || !name_ok(l->argv[1], sizeof(c->consul_dc)))
+        if (cfg_want_args(l, 1, err, errlen) < 0 || !name_ok(l->argv[1], sizeof(c->consul_dc)))
             goto bad;
         str_copy(c->consul_dc, l->argv[1], sizeof(c->consul_dc));
         return 0;
     }
     if (!strcmp(kw, "consul-wait"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.01, 600, &c->consul_wait, err, errlen);
     if (!strcmp(kw, "consul-timeout"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.01, 600, &c->consul_timeout, err, errlen);
     if (!strcmp(kw, "consul-connect-timeout"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.01, 600, &c->consul_connect_timeout, err,
                                   errlen);
     if (!strcmp(kw, "consul-same-index-interval"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0, 600, &c->consul_same_index_interval, err,
                                   errlen);
     if (!strcmp(kw, "consul-retry")) {
-        if (want_args(l, 2, err, errlen) < 0 ||
+        if (cfg_want_args(l, 2, err, errlen) < 0 ||
             get_duration(l, l->argv[1], 0.001, 3600, &c->consul_retry_min, err, errlen) < 0 ||
             get_duration(l, l->argv[2], 0.001, 3600, &c->consul_retry_max, err, errlen) < 0)
             return -1;
@@ -429,7 +420,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "consul-rate")) {
-        if (want_args(l, 2, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100000, &v) < 0)
+        if (cfg_want_args(l, 2, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100000, &v) < 0)
             goto bad;
         c->consul_rate_burst = (unsigned)v;
         return get_duration(l, l->argv[2], 0, 3600, &c->consul_rate_interval, err, errlen);
@@ -437,7 +428,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "consul-stale") || !strcmp(kw, "consul-passing-only")) {
         bool b;
 
-        if (want_args(l, 1, err, errlen) < 0 || parse_bool(l->argv[1], &b) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_bool(l->argv[1], &b) < 0)
             goto bad;
         if (!strcmp(kw, "consul-stale"))
             c->consul_stale = b;
@@ -446,52 +437,53 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "consul-max-body")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v < 1024 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v < 1024 ||
             v > (1u << 30))
             goto bad;
         c->consul_max_body = v;
         return 0;
     }
     if (!strcmp(kw, "consul-max-instances")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 1000000, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 1000000, &v) < 0)
             goto bad;
         c->consul_max_instances = (unsigned)v;
         return 0;
     }
     if (!strcmp(kw, "haproxy-socket")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         return parse_socket_path(l->argv[1], c->haproxy_socket, sizeof(c->haproxy_socket), err,
                                  errlen);
     }
     if (!strcmp(kw, "haproxy-timeout"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.01, 60, &c->haproxy_timeout, err, errlen);
     if (!strcmp(kw, "drain-grace"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0, 86400, &c->drain_grace, err, errlen);
     if (!strcmp(kw, "drain-min"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0, 86400, &c->drain_min, err, errlen);
     if (!strcmp(kw, "reconcile-interval"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.05, 3600, &c->interval, err, errlen);
     if (!strcmp(kw, "drain-interval"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.01, 3600, &c->drain_interval, err, errlen);
     if (!strcmp(kw, "max-slots")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, AGENT_MAX_SLOTS, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 ||
+            parse_uint(l->argv[1], 1, AGENT_MAX_SLOTS, &v) < 0)
             goto bad;
         c->max_slots = (unsigned)v;
         return 0;
     }
     if (!strcmp(kw, "spoa-socket")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (!strcmp(l->argv[1], "none")) {
             c->spoa_socket[0] = '\0';
@@ -500,11 +492,11 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return parse_socket_path(l->argv[1], c->spoa_socket, sizeof(c->spoa_socket), err, errlen);
     }
     if (!strcmp(kw, "spoa-timeout"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.01, 60, &c->spoa_timeout, err, errlen);
     if (!strcmp(kw, "spoa-verify-interval"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.05, 86400, &c->spoa_verify_interval, err,
                                   errlen);
@@ -512,7 +504,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         char *dst = !strcmp(kw, "routes") ? c->routes : c->key_prefix;
         char probe[AGENT_TMPL_MAX * 2];
 
-        if (want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= AGENT_TMPL_MAX)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= AGENT_TMPL_MAX)
             goto bad;
         if (agent_tmpl_render(l->argv[1], "b", "stable", "s", probe, sizeof(probe)) < 0) {
             snprintf(err, errlen,
@@ -527,7 +519,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "register"))
         return parse_register(c, l, err, errlen);
     if (!strcmp(kw, "health-window"))
-        return want_args(l, 1, err, errlen) < 0
+        return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1
                    : get_duration(l, l->argv[1], 0.1, 86400, &c->health_window, err, errlen);
     if (!strcmp(kw, "stats-socket")) {
@@ -565,7 +557,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "metrics")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (!strcmp(l->argv[1], "none")) {
             c->has_metrics = false;
@@ -577,12 +569,12 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "log-level")) {
-        if (want_args(l, 1, err, errlen) < 0 || log_level_parse(l->argv[1], &c->log_level) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || log_level_parse(l->argv[1], &c->log_level) < 0)
             goto bad;
         return 0;
     }
     if (!strcmp(kw, "log")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (!strcmp(l->argv[1], "stderr"))
             c->log_syslog = false;

@@ -202,6 +202,15 @@ static int parse_lines(const char *name, FILE *f, const char *text, cfg_line_cb 
     return 0;
 }
 
+int cfg_want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
+{
+    if (l->argc != n + 1) {
+        snprintf(err, errlen, "'%s' takes %d argument%s", l->argv[0], n, n == 1 ? "" : "s");
+        return -1;
+    }
+    return 0;
+}
+
 int cfg_parse_file(const char *path, cfg_line_cb *cb, void *udata, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");

@@ -24,6 +24,9 @@ struct cfg_line {
 /* Called once per statement. Returns 0, or -1 after writing a reason to err. */
 typedef int cfg_line_cb(const struct cfg_line *line, void *udata, char *err, size_t errlen);
 
+/* 0 when the statement has exactly n arguments, else -1 with a reason. */
+int cfg_want_args(const struct cfg_line *line, int n, char *err, size_t errlen);
+
 /* Return 0, or -1 with "file:line: reason" in err. */
 int cfg_parse_file(const char *path, cfg_line_cb *cb, void *udata, char *err, size_t errlen);
 int cfg_parse_string(const char *name, const char *text, cfg_line_cb *cb, void *udata, char *err,

@@ -100,15 +100,6 @@ void spoa_conf_defaults(struct spoa_conf *c)
     str_copy(c->lock_prefix, "cedra:revalidate:", sizeof(c->lock_prefix));
 }
 
-static int want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
-{
-    if (l->argc != n + 1) {
-        snprintf(err, errlen, "'%s' takes %d argument%s", l->argv[0], n, n == 1 ? "" : "s");
-        return -1;
-    }
-    return 0;
-}
-
 /* <name> key-prefix <prefix> routes <file|pathname> [build <id>]: a pool
  * definition, into *p (routes loaded). */
 static int read_pool(struct spoa_pool *p, int argc, char *const *argv, char *err, size_t errlen)
@@ -241,7 +232,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     uint64_t v;
 
     if (!strcmp(kw, "listen")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (c->nlisten >= SPOA_MAX_LISTEN) {
             snprintf(err, errlen, "at most %d listen lines", SPOA_MAX_LISTEN);
@@ -250,13 +241,13 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return parse_endpoint(l->argv[1], &c->listen[c->nlisten++], err, errlen);
     }
     if (!strcmp(kw, "threads")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 64, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 64, &v) < 0)
             goto bad;
         c->threads = (unsigned)v;
         return 0;
     }
     if (!strcmp(kw, "backlog")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 65535, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 65535, &v) < 0)
             goto bad;
         c->backlog = (unsigned)v;
         return 0;
@@ -265,7 +256,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         char *end;
         unsigned long m;
 
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         m = strtoul(l->argv[1], &end, 8);
         if (*end || m > 0777)
@@ -274,21 +265,21 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "max-frame-size")) {
-        if (want_args(l, 1, err, errlen) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 ||
             parse_uint(l->argv[1], SPOE_FRAME_MIN, SPOE_FRAME_MAX, &v) < 0)
             goto bad;
         c->max_frame_size = (uint32_t)v;
         return 0;
     }
     if (!strcmp(kw, "max-reassembly")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 ||
             v < SPOE_FRAME_MIN || v > 64 * 1024 * 1024)
             goto bad;
         c->max_reassembly = v;
         return 0;
     }
     if (!strcmp(kw, "max-inflight")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 100000, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 100000, &v) < 0)
             goto bad;
         c->max_inflight = (unsigned)v;
         return 0;
@@ -296,7 +287,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "timeout")) {
         double d;
 
-        if (want_args(l, 2, err, errlen) < 0 || parse_duration(l->argv[2], &d) < 0)
+        if (cfg_want_args(l, 2, err, errlen) < 0 || parse_duration(l->argv[2], &d) < 0)
             goto bad;
         if (!strcmp(l->argv[1], "hello"))
             c->hello_timeout = d;
@@ -309,12 +300,12 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "log-level")) {
-        if (want_args(l, 1, err, errlen) < 0 || log_level_parse(l->argv[1], &c->log_level) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || log_level_parse(l->argv[1], &c->log_level) < 0)
             goto bad;
         return 0;
     }
     if (!strcmp(kw, "log")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (!strcmp(l->argv[1], "stderr"))
             c->log_syslog = false;
@@ -325,7 +316,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "message")) {
-        if (want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= sizeof(c->message))
+        if (cfg_want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= sizeof(c->message))
             goto bad;
         str_copy(c->message, l->argv[1], sizeof(c->message));
         return 0;
@@ -343,14 +334,14 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "locale-cookie")) {
-        if (want_args(l, 1, err, errlen) < 0 || !l->argv[1][0] ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || !l->argv[1][0] ||
             strlen(l->argv[1]) >= sizeof(c->locale_cookie))
             goto bad;
         str_copy(c->locale_cookie, l->argv[1], sizeof(c->locale_cookie));
         return 0;
     }
     if (!strcmp(kw, "locale-redirect")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 300, 399, &v) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 300, 399, &v) < 0 ||
             (v != 302 && v != 307))
             goto bad;
         c->redirect_code = (unsigned)v;
@@ -374,14 +365,15 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "valkey")) {
         struct endpoint ep;
 
-        if (want_args(l, 1, err, errlen) < 0 || parse_endpoint(l->argv[1], &ep, err, errlen) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 ||
+            parse_endpoint(l->argv[1], &ep, err, errlen) < 0 ||
             strlen(l->argv[1]) >= sizeof(c->valkey_addr))
             goto bad;
         str_copy(c->valkey_addr, l->argv[1], sizeof(c->valkey_addr));
         return 0;
     }
     if (!strcmp(kw, "valkey-db")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 1000, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 1000, &v) < 0)
             goto bad;
         c->valkey_db = (unsigned)v;
         return 0;
@@ -389,7 +381,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "valkey-timeout") || !strcmp(kw, "valkey-connect-timeout")) {
         double d;
 
-        if (want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 || d <= 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 || d <= 0 ||
             d > 60)
             goto bad;
         if (!strcmp(kw, "valkey-timeout"))
@@ -399,7 +391,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "valkey-max-reply")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v < 1024 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v < 1024 ||
             v > (256u << 20))
             goto bad;
         c->valkey_max_reply = v;
@@ -431,21 +423,22 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "metrics")) {
-        if (want_args(l, 1, err, errlen) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 ||
             parse_endpoint(l->argv[1], &c->metrics, err, errlen) < 0 || c->metrics.is_unix)
             goto bad;
         c->has_metrics = true;
         return 0;
     }
     if (!strcmp(kw, "deliver")) {
-        if (want_args(l, 1, err, errlen) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 ||
             parse_endpoint(l->argv[1], &c->deliver, err, errlen) < 0)
             goto bad;
         c->has_deliver = true;
         return 0;
     }
     if (!strcmp(kw, "l1-size")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v > (64ull << 30))
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 ||
+            v > (64ull << 30))
             goto bad;
         c->l1_size = v;
         return 0;
@@ -453,13 +446,13 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "pool"))
         return parse_pool(c, l, err, errlen);
     if (!strcmp(kw, "canary-weight")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100, &v) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 100, &v) < 0)
             goto bad;
         c->canary_weight = (unsigned)v;
         return 0;
     }
     if (!strcmp(kw, "isr-expire")) {
-        if (want_args(l, 1, err, errlen) < 0 ||
+        if (cfg_want_args(l, 1, err, errlen) < 0 ||
             parse_uint(l->argv[1], 0, 100u * 365 * 86400, &v) < 0)
             goto bad;
         c->isr.expire = (int64_t)v;
@@ -468,7 +461,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "isr-powered-by") || !strcmp(kw, "isr-compress")) {
         bool b;
 
-        if (want_args(l, 1, err, errlen) < 0 || parse_bool(l->argv[1], &b) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_bool(l->argv[1], &b) < 0)
             goto bad;
         if (!strcmp(kw, "isr-powered-by"))
             c->isr.powered_by = b;
@@ -477,7 +470,8 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "isr-max-body")) {
-        if (want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 || v > (64u << 20))
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_size(l->argv[1], &v) < 0 ||
+            v > (64u << 20))
             goto bad;
         c->isr.max_body = v;
         return 0;
@@ -485,14 +479,14 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     if (!strcmp(kw, "revalidate-lock")) {
         double d;
 
-        if (want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 || d < 0.001 ||
-            d > 3600)
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 ||
+            d < 0.001 || d > 3600)
             goto bad;
         c->lock_ms = (unsigned)(d * 1000);
         return 0;
     }
     if (!strcmp(kw, "revalidate-lock-prefix")) {
-        if (want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= sizeof(c->lock_prefix))
+        if (cfg_want_args(l, 1, err, errlen) < 0 || strlen(l->argv[1]) >= sizeof(c->lock_prefix))
             goto bad;
         str_copy(c->lock_prefix, l->argv[1], sizeof(c->lock_prefix));
         return 0;
@@ -509,7 +503,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return 0;
     }
     if (!strcmp(kw, "default-locale")) {
-        if (want_args(l, 1, err, errlen) < 0)
+        if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (locale_set_default(&c->locales, l->argv[1]) < 0) {
             snprintf(err, errlen, "default-locale '%s' is not in 'locales'", l->argv[1]);
