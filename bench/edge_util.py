@@ -173,6 +173,25 @@ def seed(rport, out):
                 os.path.join(out, "body.html"), hdrs))
     with open(os.path.join(out, "static.cfg"), "w") as f:
         f.write(cfg)
+    # Variant S: variant A's return behind the shipped SPOE filter, message and
+    # agent backend; the agent (fake_spoa.py --minimal) answers one variable.
+    with open(os.path.join(REPO, "haproxy", "haproxy.cfg")) as f:
+        shipped = f.read()
+    spoa_backend = shipped[shipped.index("\nbackend spoa_cedra\n") + 1:]
+    spoe_conf = os.path.join(REPO, "haproxy", "cedra-spoe.conf")
+    cfg_s = ("# variant S of bench/edge.sh: the SPOE exchange alone (written by edge_util.py seed)\n" +
+             head +
+             ("frontend fe_http\n"
+              "    bind \"${CEDRA_HTTP_BIND}\"\n"
+              "    filter spoe engine cedra config %s\n"
+              "    http-request return status 200 content-type \"text/html; charset=utf-8\" file %s %s"
+              " if { var(txn.cedra.action) -m str edge }\n"
+              "    http-request return status 503 content-type text/plain string \"no SPOE answer\"\n"
+              "    http-after-response set-header x-cedra-cache HIT\n"
+              "    http-after-response set-header x-cedra-locale fr\n\n") % (
+                  spoe_conf, os.path.join(out, "body.html"), hdrs) + spoa_backend)
+    with open(os.path.join(out, "spoe_floor.cfg"), "w") as f:
+        f.write(cfg_s)
     print("seeded %s (%d bytes of JSON, %d bytes of HTML, revalidate %d s)" % (
         PREFIX + ROUTE_KEY, len(raw), len(body), REVALIDATE))
 
@@ -369,6 +388,7 @@ NAMES = {
     "E": "Next.js origin (own Redis cache handler), direct",
     "F": "redis-benchmark GET of the same value",
     "G": "HAProxy (shipped cfg) + do-nothing agent replaying B's ACK",
+    "S": "A behind the shipped SPOE filter, 1-variable ACK (floor)",
 }
 
 
@@ -401,7 +421,7 @@ def report(d, title):
         print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
     print()
     print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
-    for v in "ABHCDEG":
+    for v in "ABHCDEGS":
         rs = wrk.get(v)
         if not rs:
             continue
@@ -426,6 +446,8 @@ def report(d, title):
             ("%s/F" % valkey_path, valkey_path, "F", "Valkey path vs the store"),
             ("B/E", "B", "E", "edge vs origin"), ("B/H", "B", "H", "L1 on vs off"),
             ("G/A", "G", "A", "HAProxy side, agent ~free"),
+            ("S/A", "S", "A", "SPOE exchange alone: ceiling of B/A"),
+            ("S/D", "S", "D", "SPOE exchange alone: ceiling of B/D"),
             ("D/A", "D", "A", "Lua cache vs static"), ("C/A", "C", "A", "Lua lookup vs static")]:
         if x in med and y in med and med[y] > 0:
             r = med[x] / med[y]
@@ -438,7 +460,7 @@ def report(d, title):
         print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
         print("sent, all rounds; wrk's own CPU not included):")
         cost = {}
-        for v in "ABHCDEG":
+        for v in "ABHCDEGS":
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
@@ -450,7 +472,9 @@ def report(d, title):
                                    ("B/C", "B", "C", ">= 5"), ("B/E", "B", "E", ""),
                                    ("B/H", "B", "H", "L1 on vs off"),
                                    ("G/A", "G", "A", "HAProxy side, agent ~free"),
-                                   ("G/D", "G", "D", ""), ("G/C", "G", "C", "")]:
+                                   ("G/D", "G", "D", ""), ("G/C", "G", "C", ""),
+                                   ("S/A", "S", "A", "ceiling of B/A with SPOE"),
+                                   ("S/D", "S", "D", "ceiling of B/D with SPOE")]:
             if x in cost and y in cost and cost[x] > 0:
                 print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
     print()

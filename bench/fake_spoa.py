@@ -2,6 +2,13 @@
 """An SPOP agent that does nothing: the HAProxy-side cost of the shipped design.
 
   fake_spoa.py LISTEN_PORT CEDRA_SPOA_PORT [PATH]
+  fake_spoa.py --minimal LISTEN_PORT
+
+--minimal answers every NOTIFY with one variable (txn.cedra.action = "edge")
+and asks nothing of cedra-spoa: behind bench/edge.sh's variant S config (the
+static return of variant A behind the shipped SPOE filter and message), it
+measures what the SPOE exchange alone costs HAProxy: the ceiling of any
+SPOE-based edge on this HAProxy, whatever the agent and its answer.
 
 At start it asks the real cedra-spoa (CEDRA_SPOA_PORT) for PATH
 [/fr/products/chair] with the message HAProxy sends, keeps the ACK's actions
@@ -104,6 +111,15 @@ async def serve(port):
 
 
 def main():
+    if sys.argv[1] == "--minimal":
+        port = int(sys.argv[2])
+        # FAKE_SPOA_VARS="name=value,...": other txn string variables to answer.
+        pairs = os.environ.get("FAKE_SPOA_VARS", "action=edge")
+        Agent.actions = sc.encode_actions([sc.set_var(sc.SCOPE_TXN, k, v) for k, v in (
+            kv.split("=", 1) for kv in pairs.split(","))])
+        sys.stderr.write("fake_spoa: minimal ACK of %d bytes (action=edge)\n" % len(Agent.actions))
+        asyncio.run(serve(port))
+        return
     port, spoa_port = int(sys.argv[1]), int(sys.argv[2])
     path = sys.argv[3] if len(sys.argv) > 3 else "/fr/products/chair"
     Agent.actions, acts = capture(spoa_port, path)
