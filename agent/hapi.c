@@ -517,6 +517,14 @@ static int parse_i64(const char *s, size_t len, int64_t *out)
     return 0;
 }
 
+static bool visible(const char *s, size_t len, bool spaces)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < (spaces ? 0x20 : 0x21) || (unsigned char)s[i] > 0x7e)
+            return false;
+    return true;
+}
+
 static int copy_tok(char *dst, size_t size, const char *s, size_t len)
 {
     if (!len || len >= size)
@@ -846,7 +854,11 @@ int hapi_parse_stat(const char *text, size_t len, struct hapi_stat *out, size_t 
         memset(s, 0, sizeof(*s));
         if (copy_tok(s->pxname, sizeof(s->pxname), tok[c_px].s, tok[c_px].len) < 0 ||
             copy_tok(s->svname, sizeof(s->svname), tok[c_sv].s, tok[c_sv].len) < 0 ||
-            copy_tok(s->status, sizeof(s->status), tok[c_status].s, tok[c_status].len) < 0) {
+            copy_tok(s->status, sizeof(s->status), tok[c_status].s, tok[c_status].len) < 0 ||
+            !visible(s->pxname, strlen(s->pxname), false) ||
+            !visible(s->svname, strlen(s->svname), false) ||
+            !visible(s->status, strlen(s->status), true)) {
+            /* Quoted CSV fields may hold any byte; HAProxy names and states never do. */
             perr(err, errlen, "line %zu: bad pxname, svname or status", lineno);
             return -1;
         }
@@ -913,7 +925,9 @@ int hapi_parse_info(const char *text, size_t len, struct hapi_info *out, char *e
             else
                 out->start_time_sec = v;
         } else if (KEY("Version")) {
-            if (have_ver || copy_tok(out->version, sizeof(out->version), val, vlen) < 0) {
+            /* Shown on the operator socket and in logs: printable ASCII only. */
+            if (have_ver || !visible(val, vlen, true) ||
+                copy_tok(out->version, sizeof(out->version), val, vlen) < 0) {
                 perr(err, errlen, "line %zu: bad Version", lineno);
                 return -1;
             }
