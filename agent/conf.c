@@ -573,6 +573,19 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
             goto bad;
         return 0;
     }
+    if (!strcmp(kw, "user") || !strcmp(kw, "group")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0)
+            return -1;
+        if (!strcmp(kw, "user"))
+            return privs_set_user(&c->privs, l->argv[1], err, errlen);
+        return privs_set_group(&c->privs, l->argv[1], err, errlen);
+    }
+    if (!strcmp(kw, "allow-root")) {
+        if (cfg_want_args(l, 0, err, errlen) < 0)
+            return -1;
+        c->privs.allow_root = true;
+        return 0;
+    }
     if (!strcmp(kw, "log")) {
         if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
@@ -645,6 +658,8 @@ static int finish(struct parse *ps, char *err, size_t errlen)
                  "(e.g. key-prefix storefront:%%{build}:)");
         return -1;
     }
+    if (privs_finish(&c->privs, err, errlen) < 0)
+        return -1;
     if (c->drain_min > c->drain_grace) {
         snprintf(err, errlen, "drain-min is above drain-grace");
         return -1;

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "pool.h"
+#include "privs.h"
 #include "util.h"
 
 #define AGENT_MAX_SERVICES 8
@@ -96,6 +97,7 @@ struct agent_conf {
     struct endpoint metrics;
     enum log_level log_level; /* reloadable */
     bool log_syslog;          /* fixed */
+    struct privs privs;       /* user, group, allow-root; fixed */
 };
 
 void agent_conf_defaults(struct agent_conf *c);

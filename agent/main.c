@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <ev.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,7 +16,9 @@
 #include "conf.h"
 #include "httpd.h"
 #include "log.h"
+#include "net.h"
 #include "opsock.h"
+#include "privs.h"
 
 struct daemon {
     const char *conf_path;
@@ -26,6 +29,8 @@ struct daemon {
     struct httpd *httpd;
     ev_timer hard_stop;
     bool stopping;
+    bool dropped;   /* privileges were dropped: reloads cannot change them */
+    int metrics_fd; /* bound before the privilege drop, until handed over */
 };
 
 static void usage(FILE *f)
@@ -37,6 +42,8 @@ static void usage(FILE *f)
                "  -d        debug logs (replaces 'log-level')\n"
                "  -p FILE   write the pid to FILE\n"
                "  -h        this help\n"
+               "Started as root, it drops to the file's 'user'/'group' once its sockets are\n"
+               "bound, and refuses to stay root without 'allow-root'.\n"
                "Environment: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_HTTP_SSL,\n"
                "  CONSUL_CACERT, CONSUL_CAPATH, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY.\n"
                "Signals: SIGTERM/SIGINT deregister from Consul and exit, SIGHUP reloads.\n");
@@ -101,13 +108,23 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
                   log_quote(q, sizeof(q), err, strlen(err)));
         return;
     }
+    /* Dropped privileges cannot be changed or taken back: keep everything. */
+    if (!privs_equal(&c->privs, &d->agent->conf->privs)) {
+        log_error("reload_failed",
+                  "file=%s reason=\"user, group and allow-root need a restart\" dropped=%s",
+                  d->conf_path, d->dropped ? "yes" : "no");
+        free(c);
+        return;
+    }
     agent_reload(d->agent, c);
     free(c);
 }
 
-static int start_operator(struct daemon *d, const struct agent_conf *c)
+/* What needs the start-up credentials, before they are dropped: the
+ * operator socket (not accepting before ev_run) and the /metrics listener. */
+static int open_privileged(struct daemon *d, const struct agent_conf *c)
 {
-    char err[256];
+    char err[256], uid[16], gid[16];
 
     if (c->stats_socket[0]) {
         struct opsock_config oc = {.path = c->stats_socket,
@@ -115,6 +132,16 @@ static int start_operator(struct daemon *d, const struct agent_conf *c)
                                    .owner = c->stats_user[0] ? c->stats_user : NULL,
                                    .group = c->stats_group[0] ? c->stats_group : NULL};
 
+        /* Without its own owner, the socket belongs to the user the agent
+         * runs as, which can then still replace and remove it. */
+        if (geteuid() == 0 && (c->privs.has_user || c->privs.has_group)) {
+            snprintf(uid, sizeof(uid), "%u", (unsigned)privs_run_uid(&c->privs));
+            snprintf(gid, sizeof(gid), "%u", (unsigned)privs_run_gid(&c->privs));
+            if (!oc.owner)
+                oc.owner = uid;
+            if (!oc.group)
+                oc.group = gid;
+        }
         d->opsock = opsock_new(d->loop, &oc, err, sizeof(err));
         if (!d->opsock || agent_cli_register(d->opsock, d->agent, err, sizeof(err)) < 0) {
             log_error("stats_socket_failed", "path=%s reason=\"%s\"", c->stats_socket, err);
@@ -122,8 +149,23 @@ static int start_operator(struct daemon *d, const struct agent_conf *c)
         }
     }
     if (c->has_metrics) {
-        struct httpd_config hc = {.listen = &c->metrics};
+        d->metrics_fd = net_listen(&c->metrics, 64, false, 0, err, sizeof(err));
+        if (d->metrics_fd < 0) {
+            log_error("metrics_failed", "listen=%s reason=\"%s\"", c->metrics.text, err);
+            return -1;
+        }
+    }
+    return 0;
+}
 
+static int start_operator(struct daemon *d, const struct agent_conf *c)
+{
+    char err[256];
+
+    if (c->has_metrics) {
+        struct httpd_config hc = {.listen = &c->metrics, .fd = d->metrics_fd};
+
+        d->metrics_fd = -1; /* httpd_start owns it, failed or not */
         d->httpd = httpd_start(&hc, d->agent->m, err, sizeof(err));
         if (!d->httpd) {
             log_error("metrics_failed", "listen=%s reason=\"%s\"", c->metrics.text, err);
@@ -133,9 +175,52 @@ static int start_operator(struct daemon *d, const struct agent_conf *c)
     return 0;
 }
 
+/* Every socket is bound: nothing after this needs the start-up credentials,
+ * and no thread or outgoing connection exists yet. */
+static int drop_privileges(struct daemon *d, const struct privs *p)
+{
+    char err[256];
+
+    if (privs_drop(p, &d->dropped, err, sizeof(err)) < 0) {
+        log_error("privileges_failed", "reason=\"%s\"", err);
+        return -1;
+    }
+    if (d->dropped)
+        log_notice("privileges_dropped", "user=%s uid=%u gid=%u", p->has_user ? p->user : "-",
+                   (unsigned)getuid(), (unsigned)getgid());
+    return 0;
+}
+
+/* "-c": the file parsed; now what it would do with permissions. */
+static int check_permissions(const struct agent_conf *c)
+{
+    struct privs_report r = {.out = stderr, .prog = "cedra-agent"};
+
+    privs_check_conf(&r, &c->privs);
+    if (c->stats_socket[0])
+        privs_check_socket(&r, &c->privs, "stats-socket", c->stats_socket, c->stats_mode,
+                           PRIVS_SOCK_ADMIN);
+    if (r.errors) {
+        fprintf(stderr, "cedra-agent: configuration has %u error(s) and %u warning(s)\n", r.errors,
+                r.warnings);
+        return 1;
+    }
+    printf("Configuration file is valid\n");
+    return 0;
+}
+
+/* A daemon started with 0, 1 or 2 closed would hand those numbers to its
+ * sockets, and the next stray write to stderr would go to a client. */
+static void keep_std_fds(void)
+{
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+            break;
+}
+
 int main(int argc, char **argv)
 {
-    struct daemon d = {.conf_path = AGENT_DEFAULT_CONF};
+    struct daemon d = {.conf_path = AGENT_DEFAULT_CONF, .metrics_fd = -1};
     const char *pidfile = NULL;
     bool check = false;
     char err[512];
@@ -178,10 +263,16 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        printf("Configuration file is valid\n");
+        rc = check_permissions(conf);
         free(conf);
-        return 0;
+        return rc;
     }
+    if (privs_refuse_root(&conf->privs, d.conf_path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cedra-agent: %s\n", err);
+        free(conf);
+        return 1;
+    }
+    keep_std_fds();
     log_init("cedra-agent", conf->log_syslog);
     log_set_level(conf->log_level);
     signal(SIGPIPE, SIG_IGN);
@@ -204,9 +295,15 @@ int main(int argc, char **argv)
     ev_signal_start(d.loop, &sint);
     ev_signal_start(d.loop, &shup);
 
+    /* agent_start only prepares (no connection before ev_run); it reads
+     * CONSUL_HTTP_TOKEN_FILE, which may be readable by root only. */
     d.agent = agent_start(d.loop, conf, d.conf_path, err, sizeof(err)); /* owns conf */
     if (!d.agent) {
         log_error("start_failed", "reason=\"%s\"", err);
+        rc = 1;
+    } else if (open_privileged(&d, d.agent->conf) < 0) {
+        rc = 1;
+    } else if (drop_privileges(&d, &d.agent->conf->privs) < 0) {
         rc = 1;
     } else if (start_operator(&d, d.agent->conf) < 0) {
         rc = 1;
@@ -229,6 +326,8 @@ int main(int argc, char **argv)
     httpd_stop(d.httpd);
     opsock_free(d.opsock);
     agent_free(d.agent);
+    if (d.metrics_fd >= 0)
+        close(d.metrics_fd);
     if (pidfile)
         unlink(pidfile);
     log_notice("stopped", "rc=%d", rc);

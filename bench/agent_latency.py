@@ -104,6 +104,7 @@ def main():
         double.config(jitter=False)
         asock = env.path("agent.sock")
         conf = env.write("agent.conf", (
+            "allow-root\n"
             "service storefront\n"
             "consul-addr %s\n"
             "consul-wait 30s\n"

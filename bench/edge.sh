@@ -156,6 +156,7 @@ start stub haproxy -db -f "$tmp/stub.cfg"
 # ---- cedra-spoa (B, and H without its L1) ---------------------------------------
 spoa_conf() { # LISTEN_PORT DELIVER_PORT NAME [EXTRA]
 cat <<EOF
+allow-root
 listen 127.0.0.1:$1
 threads $spoa_threads
 max-frame-size 16380

@@ -125,7 +125,7 @@ struct httpd *httpd_start(const struct httpd_config *cfg, struct metrics *m, cha
     h->metrics = m;
     /* Our own listening socket: same errors and options as every other
      * listener, and the real port when 0 was asked for. */
-    fd = net_listen(cfg->listen, LISTEN_BACKLOG, false, 0, err, errlen);
+    fd = cfg->fd > 0 ? cfg->fd : net_listen(cfg->listen, LISTEN_BACKLOG, false, 0, err, errlen);
     if (fd < 0) {
         free(h);
         return NULL;

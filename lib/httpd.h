@@ -19,6 +19,7 @@ struct httpd_config {
     const struct endpoint *listen; /* TCP; port 0 picks a free port (tests) */
     unsigned max_connections;      /* 0 = 16; more wait in the backlog, unserved */
     unsigned timeout;              /* seconds without progress; 0 = 10 */
+    int fd; /* > 0: listen already bound (before a privilege drop), owned from here on */
 };
 
 /* Listens and starts serving m (not owned; it must outlive the server).

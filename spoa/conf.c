@@ -506,6 +506,19 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
         if (locale_set_default(&c->locales, l->argv[1]) < 0) {
+    if (!strcmp(kw, "user") || !strcmp(kw, "group")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0)
+            return -1;
+        if (!strcmp(kw, "user"))
+            return privs_set_user(&c->privs, l->argv[1], err, errlen);
+        return privs_set_group(&c->privs, l->argv[1], err, errlen);
+    }
+    if (!strcmp(kw, "allow-root")) {
+        if (cfg_want_args(l, 0, err, errlen) < 0)
+            return -1;
+        c->privs.allow_root = true;
+        return 0;
+    }
             snprintf(err, errlen, "default-locale '%s' is not in 'locales'", l->argv[1]);
             return -1;
         }
@@ -537,6 +550,8 @@ static int finish(struct spoa_conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "'valkey' is set but no 'pool stable ...' says which keys to read");
         return -1;
     }
+    if (privs_finish(&c->privs, err, errlen) < 0)
+        return -1;
     return 0;
 }
 

@@ -9,6 +9,7 @@
 #include "locale.h"
 #include "routes.h"
 #include "log.h"
+#include "privs.h"
 #include "util.h"
 
 #define SPOA_MAX_LISTEN 8
@@ -43,7 +44,8 @@ struct spoa_conf {
     double idle_timeout;
     double drain_timeout;
     bool log_syslog;
-    char message[64]; /* the spoe-message we act on */
+    char message[64];   /* the spoe-message we act on */
+    struct privs privs; /* user, group, allow-root */
 
     /* Reloaded on SIGHUP. */
     enum log_level log_level;

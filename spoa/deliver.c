@@ -284,7 +284,7 @@ struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t e
         return NULL;
     }
     pthread_mutex_init(&d->lock, NULL);
-    fd = net_listen(cfg->listen, 256, false, 0600, err, errlen);
+    fd = cfg->fd > 0 ? cfg->fd : net_listen(cfg->listen, 256, false, 0600, err, errlen);
     if (fd < 0) {
         pthread_mutex_destroy(&d->lock);
         free(d->slot);

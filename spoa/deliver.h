@@ -22,6 +22,7 @@ struct deliver_cfg {
     unsigned threads;              /* MHD thread pool; 0 = 2 */
     unsigned max_parked;           /* entries waiting for HAProxy; 0 = 1024 */
     double ttl;                    /* seconds a parked entry waits; 0 = 10 */
+    int fd; /* > 0: listen already bound (before a privilege drop), owned from here on */
 };
 
 struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t errlen);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <ev.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include "deliver.h"
 #include "log.h"
 #include "net.h"
+#include "privs.h"
 #include "worker.h"
 
 #define DEFAULT_CONF SYSCONFDIR "/cedra/cedra-spoa.conf"
@@ -48,6 +50,8 @@ struct daemon {
     struct opsock *opsock;
     struct httpd *httpd;
     struct cli_state cli;
+    int deliver_fd, metrics_fd; /* bound before the privilege drop, until handed over */
+    bool dropped;               /* privileges were dropped: reloads cannot change them */
 };
 
 static void usage(FILE *f)
@@ -62,6 +66,8 @@ static void usage(FILE *f)
                "  -d        debug logs (replaces 'log-level')\n"
                "  -p FILE   write the pid to FILE\n"
                "  -h        this help\n"
+               "Started as root, it drops to the file's 'user'/'group' once every socket is\n"
+               "bound, and refuses to stay root without 'allow-root'.\n"
                "Signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads the file.\n");
 }
 
@@ -213,6 +219,14 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
         log_error("reload_failed", "file=%s reason=\"%s\"", d->conf_path, err);
         return;
     }
+    /* Dropped privileges cannot be changed or taken back: keep everything. */
+    if (!privs_equal(&c->privs, &d->conf->privs)) {
+        log_error("reload_failed",
+                  "file=%s reason=\"user, group and allow-root need a restart\" dropped=%s",
+                  d->conf_path, d->dropped ? "yes" : "no");
+        spoa_conf_release(c);
+        return;
+    }
     /* Sockets, threads and frame sizes are fixed at start-up. */
     if (c->threads != d->conf->threads || c->nlisten != d->conf->nlisten ||
         c->max_frame_size != d->conf->max_frame_size)
@@ -252,22 +266,16 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .publish = publish_cb,
                                 .tracking_up = d->l1 ? tracking_up_cb : NULL,
                                 .ud = d};
-    if (d->conf->stats_socket[0]) {
-        struct opsock_config oc = {.path = d->conf->stats_socket,
-                                   .mode = d->conf->stats_mode,
-                                   .max_clients = d->conf->stats_maxconn};
-
-        d->opsock = opsock_new(loop, &oc, err, sizeof(err));
-        if (!d->opsock || cli_register(d->opsock, &d->cli, err, sizeof(err)) < 0) {
-            log_error("stats_socket_failed", "path=%s reason=\"%s\"", d->conf->stats_socket, err);
-            return 1;
-        }
+    if (d->opsock && cli_register(d->opsock, &d->cli, err, sizeof(err)) < 0) {
+        log_error("stats_socket_failed", "path=%s reason=\"%s\"", d->conf->stats_socket, err);
+        return 1;
     }
     if (d->l1)
         register_l1_metrics(d->stats->m, d->l1);
     if (d->conf->has_metrics) {
-        struct httpd_config hc = {.listen = &d->conf->metrics};
+        struct httpd_config hc = {.listen = &d->conf->metrics, .fd = d->metrics_fd};
 
+        d->metrics_fd = -1; /* httpd_start owns it, failed or not */
         d->httpd = httpd_start(&hc, d->stats->m, err, sizeof(err));
         if (!d->httpd) {
             log_error("metrics_failed", "reason=\"%s\"", err);
@@ -301,9 +309,95 @@ static int open_listeners(struct daemon *d, char *err, size_t errlen)
             d->fds[w * nl + l] = net_listen(ep, (int)c->backlog, true, c->unix_mode, err, errlen);
             if (d->fds[w * nl + l] < 0)
                 return -1;
+            if (ep->is_unix &&
+                privs_chown(&c->privs, ((const struct sockaddr_un *)&ep->addr)->sun_path, err,
+                            errlen) < 0)
+                return -1;
         }
     }
     return 0;
+}
+
+/* Everything that needs the start-up credentials, before they are dropped:
+ * the delivery and /metrics listeners and the operator socket (on loop, not
+ * accepting before ev_run). The SPOP listeners are already open. */
+static int open_privileged(struct daemon *d, struct ev_loop *loop, char *err, size_t errlen)
+{
+    const struct spoa_conf *c = d->conf;
+
+    if (c->has_deliver) {
+        d->deliver_fd = net_listen(&c->deliver, 256, false, 0600, err, errlen);
+        if (d->deliver_fd < 0)
+            return -1;
+        if (c->deliver.is_unix &&
+            privs_chown(&c->privs, ((const struct sockaddr_un *)&c->deliver.addr)->sun_path, err,
+                        errlen) < 0)
+            return -1;
+    }
+    if (c->has_metrics) {
+        if (c->metrics.is_unix) {
+            snprintf(err, errlen, "the metrics server needs a TCP address");
+            return -1;
+        }
+        d->metrics_fd = net_listen(&c->metrics, 128, false, 0, err, errlen);
+        if (d->metrics_fd < 0)
+            return -1;
+    }
+    if (c->stats_socket[0]) {
+        char uid[16], gid[16];
+        bool chown_it = geteuid() == 0 && (c->privs.has_user || c->privs.has_group);
+        struct opsock_config oc = {
+            .path = c->stats_socket, .mode = c->stats_mode, .max_clients = c->stats_maxconn};
+
+        /* Owned by the user it will run as, so that it can still replace
+         * and remove its socket once dropped. */
+        if (chown_it) {
+            snprintf(uid, sizeof(uid), "%u", (unsigned)privs_run_uid(&c->privs));
+            snprintf(gid, sizeof(gid), "%u", (unsigned)privs_run_gid(&c->privs));
+            oc.owner = uid;
+            oc.group = gid;
+        }
+        d->opsock = opsock_new(loop, &oc, err, errlen);
+        if (!d->opsock)
+            return -1;
+    }
+    return 0;
+}
+
+/* "-c": the file parsed; now what it would do with permissions. */
+static int check_permissions(const struct spoa_conf *c)
+{
+    struct privs_report r = {.out = stderr, .prog = "cedra-spoa"};
+
+    privs_check_conf(&r, &c->privs);
+    for (unsigned i = 0; i < c->nlisten; i++)
+        if (c->listen[i].is_unix)
+            privs_check_socket(&r, &c->privs, "listen",
+                               ((const struct sockaddr_un *)&c->listen[i].addr)->sun_path,
+                               c->unix_mode, PRIVS_SOCK_DATA);
+    if (c->has_deliver && c->deliver.is_unix)
+        privs_check_socket(&r, &c->privs, "deliver",
+                           ((const struct sockaddr_un *)&c->deliver.addr)->sun_path, 0600,
+                           PRIVS_SOCK_DATA);
+    if (c->stats_socket[0])
+        privs_check_socket(&r, &c->privs, "stats-socket", c->stats_socket, c->stats_mode,
+                           PRIVS_SOCK_ADMIN);
+    if (r.errors) {
+        fprintf(stderr, "cedra-spoa: configuration has %u error(s) and %u warning(s)\n", r.errors,
+                r.warnings);
+        return 1;
+    }
+    printf("Configuration file is valid\n");
+    return 0;
+}
+
+/* A daemon started with 0, 1 or 2 closed would hand those numbers to its
+ * sockets, and the next stray write to stderr would go to a client. */
+static void keep_std_fds(void)
+{
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+            break;
 }
 
 static void close_listeners(struct daemon *d)
@@ -328,7 +422,7 @@ static void close_listeners(struct daemon *d)
 
 int main(int argc, char **argv)
 {
-    struct daemon d = {.conf_path = DEFAULT_CONF};
+    struct daemon d = {.conf_path = DEFAULT_CONF, .deliver_fd = -1, .metrics_fd = -1};
     const char *pidfile = NULL;
     bool check = false;
     char err[512];
@@ -388,37 +482,52 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        printf("Configuration file is valid\n");
+        rc = check_permissions(d.conf);
         spoa_conf_release(d.conf);
-        return 0;
+        return rc;
     }
+    if (privs_refuse_root(&d.conf->privs, d.conf_path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cedra-spoa: %s\n", err);
+        spoa_conf_release(d.conf);
+        return 1;
+    }
+    keep_std_fds();
     log_init("cedra-spoa", d.conf->log_syslog);
     log_set_level(d.conf->log_level);
     signal(SIGPIPE, SIG_IGN);
+    loop = ev_default_loop(EVFLAG_AUTO);
 
-    if (open_listeners(&d, err, sizeof(err)) < 0) {
+    if (open_listeners(&d, err, sizeof(err)) < 0 ||
+        open_privileged(&d, loop, err, sizeof(err)) < 0) {
         log_error("listen_failed", "reason=\"%s\"", err);
-        close_listeners(&d);
-        spoa_conf_release(d.conf);
-        return 1;
+        goto early_exit;
     }
     if (pidfile) {
         FILE *pf = fopen(pidfile, "w");
 
         if (!pf || fprintf(pf, "%ld\n", (long)getpid()) < 0 || fclose(pf) != 0) {
             log_error("pidfile_failed", "file=%s error=\"%s\"", pidfile, strerror(errno));
-            close_listeners(&d);
-            spoa_conf_release(d.conf);
-            return 1;
+            if (pf)
+                fclose(pf);
+            pidfile = NULL;
+            goto early_exit;
         }
     }
+    /* Every socket is bound: nothing below needs the start-up credentials,
+     * and no thread or outgoing connection exists yet. */
+    if (privs_drop(&d.conf->privs, &d.dropped, err, sizeof(err)) < 0) {
+        log_error("privileges_failed", "reason=\"%s\"", err);
+        goto early_exit;
+    }
+    if (d.dropped)
+        log_notice("privileges_dropped", "user=%s uid=%u gid=%u",
+                   d.conf->privs.has_user ? d.conf->privs.user : "-", (unsigned)getuid(),
+                   (unsigned)getgid());
 
     d.stats = spoa_stats_new();
     if (!d.stats) {
         log_error("stats_failed", "reason=\"out of memory\"");
-        close_listeners(&d);
-        spoa_conf_release(d.conf);
-        return 1;
+        goto early_exit;
     }
     if (d.conf->valkey_addr[0] && d.conf->l1_size) {
         /* Starts disabled: tracking turns it on once invalidations flow. */
@@ -428,14 +537,15 @@ int main(int argc, char **argv)
                         (unsigned long long)d.conf->l1_size);
     }
     if (d.conf->has_deliver) {
-        struct deliver_cfg dc = {.listen = &d.conf->deliver};
+        struct deliver_cfg dc = {.listen = &d.conf->deliver, .fd = d.deliver_fd};
 
+        d.deliver_fd = -1; /* deliver_start owns it, failed or not */
         d.deliver = deliver_start(&dc, err, sizeof(err));
         if (!d.deliver) {
             log_error("deliver_failed", "reason=\"%s\"", err);
-            close_listeners(&d);
-            spoa_conf_release(d.conf);
-            return 1;
+            l1_free(d.l1);
+            spoa_stats_free(d.stats);
+            goto early_exit;
         }
     }
 
@@ -460,7 +570,6 @@ int main(int argc, char **argv)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
-    loop = ev_default_loop(EVFLAG_AUTO);
     ev_signal_init(&sterm, on_stop, SIGTERM);
     ev_signal_init(&sint, on_stop, SIGINT);
     ev_signal_init(&shup, on_hup, SIGHUP);
@@ -506,6 +615,8 @@ int main(int argc, char **argv)
     deliver_stop(d.deliver);   /* after the workers: they park pages in it */
     l1_free(d.l1);             /* after delivery: parked pages hold cache references */
     close_listeners(&d);
+    if (d.metrics_fd >= 0)
+        close(d.metrics_fd);
     if (pidfile)
         unlink(pidfile);
     log_notice("stopped", "rc=%d", rc);
@@ -513,4 +624,18 @@ int main(int argc, char **argv)
     spoa_stats_free(d.stats);
     ev_loop_destroy(loop);
     return rc;
+
+early_exit:
+    /* Nothing started yet: only sockets, the pid file and the loop. */
+    opsock_free(d.opsock);
+    if (d.deliver_fd >= 0)
+        close(d.deliver_fd);
+    if (d.metrics_fd >= 0)
+        close(d.metrics_fd);
+    close_listeners(&d);
+    if (pidfile)
+        unlink(pidfile);
+    spoa_conf_release(d.conf);
+    ev_loop_destroy(loop);
+    return 1;
 }

@@ -235,7 +235,10 @@ class Env(object):
     def spoa_config(self, listen, threads=2, max_frame_size=16380, log_level="info",
                     locales=("fr", "nl", "en"), default_locale="fr", extra=""):
         listens = [listen] if isinstance(listen, str) else list(listen)
-        lines = ["# written by tests/integration/harness.py"]
+        # The suite runs as root (CI): the test daemons stay root on purpose,
+        # so that they read the route tables and sockets in the tests' 0700
+        # temporary directories (test_privileges.py covers "user").
+        lines = ["# written by tests/integration/harness.py", "allow-root"]
         lines += ["listen %s" % l for l in listens]
         lines += ["threads %d" % threads,
                   "max-frame-size %d" % max_frame_size,

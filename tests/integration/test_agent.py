@@ -633,7 +633,7 @@ class AgentTest(harness.IntegrationTestCase):
         # (its health is its HAProxy rounds), deregistered on SIGTERM, exit 0
         env = self.env
         conf = env.write("second.conf", (
-            "service %s\nconsul-addr %s\nhaproxy-socket %s\nstats-socket %s\nmetrics none\n"
+            "allow-root\nservice %s\nconsul-addr %s\nhaproxy-socket %s\nstats-socket %s\nmetrics none\n"
             "register cedra-agent id cedra-agent-second ttl 1s\nhealth-window 500ms\n"
             "reconcile-interval 100ms\n") % (SVC, self.double.addr, env.path("nothing.sock"),
                                           env.path("second.sock")))
@@ -901,6 +901,7 @@ backend storefront_canary
 
 AGENT_CONF = """\
 # written by tests/integration/test_agent.py
+allow-root
 service storefront
 canary-tag canary
 build-key build_id

@@ -693,6 +693,7 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
 
 AGENT_CONF = """\
 # written by tests/integration/test_edge_canary.py
+allow-root
 service storefront
 backend stable storefront_stable slots stable
 backend canary storefront_canary slots canary
