@@ -83,6 +83,8 @@ struct request {
     struct str path;
     struct str query;
     struct str cookie;
+    /* Cookie header lines: HAProxy hands over only the last one (req.fhdr). */
+    int64_t cookie_headers;
     struct str accept_language;
     struct str if_none_match;
     struct str cache_control;
@@ -177,6 +179,7 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"state_tree", offsetof(struct request, state_tree)},
         {"segment_prefetch", offsetof(struct request, segment_prefetch)},
         {"authorization", offsetof(struct request, authorization)},
+        {"cookie_headers", offsetof(struct request, cookie_headers)},
         {"if_modified_since", offsetof(struct request, if_modified_since)},
     };
     const char *n;
@@ -365,6 +368,10 @@ static bool must_bypass(const struct request *rq, const struct spoa_conf *conf)
     if (rq->rsc || rq->prefetch || rq->state_tree || rq->segment_prefetch)
         return true;
     if (rq->authorization)
+        return true;
+    /* The origin reads every Cookie line, the edge only the last one: a
+     * session or preview cookie may hide in another. */
+    if (rq->cookie_headers > 1)
         return true;
     if (rq->cookie.len) {
         if (cookie_get(rq->cookie.p, rq->cookie.len, "__prerender_bypass", &v, &vl) ||

@@ -1,0 +1,869 @@
+"""Hostile input, driven by the corpus in tests/hostile/ (data only, see its
+README): through the shipped haproxy/haproxy.cfg + cedra-spoa + redis-server
+holding real cached pages, over raw sockets (no client-side normalisation);
+directly over SPOP against cedra-spoa; and against the operator sockets of
+cedra-spoa and cedra-agent.
+
+Every answer is checked against invariants whatever the case expects: no 5xx,
+every Location a same-origin /<locale> path, no header made of request bytes,
+pins only to live pools, a cached page only for the exact path it was cached
+under; and cedra-spoa stays the same process and answers a good request after
+each bad one."""
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import unittest
+
+import harness
+import spop_client as sc
+from test_haproxy import HaproxyCase, SF, runtime_api
+from test_edge_cache import redis_cmd, load_value, aged, EdgeCacheTest, FIX
+
+CORPUS = os.path.join(harness.REPO, "tests", "hostile")
+T = 5.0 * SF           # one answer
+QUIET = 0.3            # "nothing more arrives" window
+PREFIX = "storefront:"
+CANARY_PREFIX = "canary:"
+ROUTE_HASH = {         # tests/fixtures/isr/v16/routes.table
+    "home": "2825bf9e1aa035199cc70149b2d86ad387d3637a420605faa046db23b53f0b30",
+    "about": "cb86e4a9c0237a4d1395f3b088c9d8bd4a8b62248b95d11eca5620c2bebaead9",
+    "product": "600fe424a8f39649d833b7ff10b31023d5c4f89f76ff08babb88a1011243c40d",
+}
+LOCALES = ("fr", "nl", "en")
+LIVE_PINS = ("stable.b1", "canary.b2")
+# A Location the edge may emit: a same-origin path under a locale, printable
+# ASCII only (no CR/LF/NUL/space), never a backslash.
+SAFE_LOCATION = re.compile(r"^/(fr|nl|en)(/[\x21-\x7e]*|\?[\x21-\x7e]*)?$")
+
+
+def corpus(name):
+    with open(os.path.join(CORPUS, name)) as f:
+        return json.load(f)
+
+
+def lat(s):
+    """Corpus strings are bytes written as Latin-1 code points."""
+    return s.encode("latin-1")
+
+
+def expand(s):
+    """Size placeholders of the corpus: BIG<n> (n filler bytes), LONGPATH
+    (longer than any redirect target), MANYCOOKIES<n>, LONG<n>, REPEAT<n>{...}."""
+    s = re.sub(r"REPEAT(\d+)\{([^{}]*)\}", lambda m: m.group(2) * int(m.group(1)), s)
+    s = re.sub(r"BIG(\d+)", lambda m: "x" * int(m.group(1)), s)
+    s = re.sub(r"LONG(\d+)", lambda m: "a" * int(m.group(1)), s)
+    s = s.replace("LONGPATH", "a" * 4200)
+    s = re.sub(r"MANYCOOKIES(\d+)", lambda m: "; ".join("c%d=v%d" % (i, i) for i in range(int(m.group(1)))), s)
+    return s
+
+
+def subst(obj, p):
+    """obj with every "{P}" in its strings replaced by p."""
+    if isinstance(obj, str):
+        return obj.replace("{P}", p)
+    if isinstance(obj, list):
+        return [subst(x, p) for x in obj]
+    if isinstance(obj, dict):
+        return {k: subst(v, p) for k, v in obj.items()}
+    return obj
+
+
+def location_ok(loc):
+    return bool(SAFE_LOCATION.match(loc)) and "\\" not in loc
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+# ---- HTTP over raw sockets -------------------------------------------------------
+
+
+def build_request(case, placeholder=None):
+    if "raw" in case:
+        return lat(expand(case["raw"]))
+    method = case.get("method", "GET")
+    target = expand(case["target"])
+    host = expand(case.get("host", "shop.example"))
+    lines = ["%s %s HTTP/1.1" % (method, target), "Host: %s" % host, "Connection: close"]
+    for name, value in case.get("headers", []):
+        lines.append("%s: %s" % (name, expand(value)))
+    for name, value, n in case.get("headers_repeat", []):
+        lines += ["%s: %s%d" % (name, value, i) for i in range(n)]
+    if method in ("POST", "PUT"):
+        lines.append("Content-Length: 0")
+    return lat("\r\n".join(lines) + "\r\n\r\n")
+
+
+def request_path(req):
+    """The path of the first request line, as HAProxy's "path" sees it."""
+    line = req.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = re.split(rb"[ \t]+", line)  # HAProxy takes a tab for a separator too
+    target = parts[1] if len(parts) > 1 else b""
+    m = re.match(rb"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*(/.*)?$", target)
+    if m:
+        target = m.group(1) or b"/"
+    return target.split(b"?", 1)[0], parts[0]
+
+
+class Response(object):
+    def __init__(self, status, headers, body, head):
+        self.status, self.headers, self.body, self.head = status, headers, body, head
+
+    def get(self, name):
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def all(self, name):
+        return [v for k, v in self.headers if k == name]
+
+
+def parse_responses(raw, head_request=False):
+    out = []
+    while raw:
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if not sep or not head.startswith(b"HTTP/"):
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            break
+        hdrs = []
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs.append((k.strip().lower(), v.strip()))
+        n = 0
+        for k, v in hdrs:
+            if k == "content-length" and v.isdigit():
+                n = int(v)
+        if head_request or status == 304:
+            n = 0
+        out.append(Response(status, hdrs, rest[:n], head))
+        raw = rest[n:]
+        head_request = False
+    return out
+
+
+def send_raw(port, data, timeout=T):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    chunks = []
+    try:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                d = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not d:
+                break
+            chunks.append(d)
+    finally:
+        s.close()
+    return b"".join(chunks)
+
+
+class HostileHttpBase(HaproxyCase):
+    """The shipped stack with real cached pages (Next.js 16.4.6 values, route
+    table of the fixture), session cookie "sid", operator socket."""
+
+    start_redis = EdgeCacheTest.start_redis
+
+    def page_key(self, path):
+        parts = path.strip("/").split("/")
+        kind = "home" if len(parts) == 1 else ("about" if parts[1] == "about" else "product")
+        return "/route-cache/APP_PAGE/%s/$%s" % (ROUTE_HASH[kind], path)
+
+    def put(self, prefix, key, html):
+        v = aged(self.template, 1)
+        v["value"]["html"] = html
+        redis_cmd(self.rport, "SET", prefix + key, json.dumps(v))
+        redis_cmd(self.rport, "HSET", prefix + "__sharedTags__", key, json.dumps(v["tags"]))
+
+    def setUp(self):
+        super().setUp()
+        self.redis, self.rport = self.start_redis()
+        self.sock = self.env.path("spoa.sock")
+        extra = "\n".join([
+            "valkey 127.0.0.1:%d" % self.rport,
+            "valkey-timeout 500ms",
+            "pool stable key-prefix %s routes %s build b1" % (PREFIX, os.path.join(FIX, "routes.table")),
+            "session-cookie sid",
+            "stats-socket %s" % self.sock,
+        ])
+        self.start_stack(extra=extra, haproxy_env={"CEDRA_SPOE_TIMEOUT_PROCESSING": "%dms" % (1000 * SF)})
+        self.wait_spoa_check()
+        self.template = load_value("product-chair.json")
+        spec = corpus("http.json")
+        self.pages = {}      # path -> html bytes
+        self.page_ids = {}   # id -> path
+        for pid, path in spec["pages"].items():
+            html = "<!DOCTYPE html><html><body><h1>PAGE %s %s</h1></body></html>" % (pid, path)
+            self.put(PREFIX, self.page_key(path), html)
+            self.pages[path.encode()] = html.encode()
+            self.page_ids[pid] = path.encode()
+        for path in self.pages:
+            harness.wait_until(lambda: self.classify(build_request({"target": path.decode()}))[0] == "edge",
+                               10 * SF, what="HIT on %s" % path)
+        self.spoa_pid = self.agent.pid
+
+    # -- one exchange, the invariants, the class
+    def exchange(self, req):
+        raw = send_raw(self.hap.port, req)
+        path, method = request_path(req)
+        resps = parse_responses(raw, head_request=(method == b"HEAD"))
+        return raw, resps, path, method
+
+    def classify(self, req):
+        raw, resps, path, method = self.exchange(req)
+        if not resps:
+            return "closed", None, path, method, raw
+        r = resps[0]
+        origin = r.get("x-origin")
+        if origin is not None:
+            return "origin", r, path, method, raw
+        if r.get("x-cedra-cache") in ("HIT", "STALE") and r.status in (200, 304, 404):
+            return "edge", r, path, method, raw
+        if r.status in (301, 302, 303, 307, 308):
+            return "redirect", r, path, method, raw
+        if 400 <= r.status < 500:
+            return "4xx", r, path, method, raw
+        return "other", r, path, method, raw
+
+    def check_invariants(self, what, req, raw, resps, path, method, live_pins=LIVE_PINS):
+        for r in resps:
+            self.assertLess(r.status, 500, "%s: %d %r" % (what, r.status, r.head[:300]))
+            for loc in r.all("location"):
+                self.assertTrue(location_ok(loc), "%s: unsafe Location %r" % (what, loc))
+            names = [k for k, _ in r.headers]
+            self.assertNotIn("x-injected", names, what)
+            for sc_ in r.all("set-cookie"):
+                m = re.match(r"^cedra_pool=([^;]*);", sc_)
+                self.assertTrue(m and m.group(1) in live_pins, "%s: set-cookie %r" % (what, sc_))
+        if resps:
+            r = resps[0]
+            if r.get("x-origin") is None and r.get("x-cedra-cache") in ("HIT", "STALE"):
+                # Served from the cache: only ever for the exact path of a page.
+                self.assertIn(path, self.pages, "%s: cached page served for %r (%d)" % (what, path, r.status))
+                if r.status == 200 and method != b"HEAD":
+                    self.assertEqual(r.body, self.pages[path], "%s: another page's body" % what)
+
+    def check_class(self, what, expect, kind, r):
+        def is_hit(pid):
+            return kind == "edge" and r.get("x-cedra-cache") == "HIT" and r.body == self.pages[self.page_ids[pid]]
+        if expect.startswith("hit:"):
+            self.assertTrue(is_hit(expect[4:]), "%s: expected %s, got %s %r" % (
+                what, expect, kind, r.head[:300] if r else None))
+        elif expect.startswith("hit-or-pass:"):
+            self.assertTrue(is_hit(expect[12:]) or kind == "origin", "%s: expected %s, got %s %r" % (
+                what, expect, kind, r.head[:300] if r else None))
+        elif expect == "pass":
+            self.assertEqual(kind, "origin", "%s: %r" % (what, r.head[:300] if r else None))
+        elif expect == "redirect":
+            self.assertEqual(kind, "redirect", "%s: %r" % (what, r.head[:300] if r else None))
+        elif expect == "4xx-from-haproxy":
+            self.assertIn(kind, ("4xx", "closed"), "%s: %r" % (what, r.head[:300] if r else None))
+        elif expect == "not-served":
+            self.assertNotEqual(kind, "edge", "%s: %r" % (what, r.head[:300] if r else None))
+        else:
+            self.assertEqual(expect, "safe", what)
+
+    def assertSpoaHealthy(self, what):
+        self.assertTrue(self.agent.alive(), "cedra-spoa died after %s (rc=%r)" % (what, self.agent.popen.returncode))
+        self.assertEqual(self.agent.pid, self.spoa_pid)
+        kind, r, _, _, _ = self.classify(build_request({"target": "/fr/products/chair"}))
+        self.assertEqual(kind, "edge", "no HIT for a good request after %s" % what)
+        self.assertEqual(r.body, self.pages[b"/fr/products/chair"])
+        kind, r, _, _, _ = self.classify(build_request({"target": "/nl/whatever"}))
+        self.assertEqual((kind, r.get("x-cedra-locale")), ("origin", "nl"),
+                         "no agent answer for a good request after %s" % what)
+
+    def run_http_case(self, what, case, expect):
+        req = build_request(case)
+        kind, r, path, method, raw = self.classify(req)
+        self.check_invariants(what, req, raw, parse_responses(raw, method == b"HEAD"), path, method)
+        self.check_class(what, expect, kind, r)
+        if expect == "redirect" and "location" in case:
+            self.assertEqual(r.get("location"), case["location"], what)
+        return kind
+
+
+class HostileHttpTest(HostileHttpBase):
+    def test_http_corpus(self):
+        spec = corpus("http.json")
+        seen = {}
+        for i, case in enumerate(spec["cases"]):
+            with self.subTest(case=case["id"]):
+                kind = self.run_http_case(case["id"], case, case["expect"])
+                seen[kind] = seen.get(kind, 0) + 1
+            if i % 10 == 9:
+                self.assertSpoaHealthy(case["id"])
+        self.assertSpoaHealthy("the whole HTTP corpus")
+        print("\nhostile HTTP corpus: %d cases, outcomes %r" % (len(spec["cases"]), seen))
+
+    def test_field_matrix(self):
+        spec = corpus("http_fields.json")
+        n = 0
+        for field in spec["fields"]:
+            for payload in spec["payloads"]:
+                case = subst(field, payload)
+                what = "%s %r" % (field["id"], payload)
+                with self.subTest(field=field["id"], payload=payload):
+                    self.run_http_case(what, case, field["expect"])
+                n += 1
+            self.assertSpoaHealthy("field %s" % field["id"])
+        print("\nhostile field matrix: %d requests" % n)
+
+    def test_pool_cookies(self):
+        """A pin cookie only ever pins to a live pool and its build: stable b1
+        and canary b2, canary weight 0 so that a forged pin lands on stable."""
+        port = harness.free_port()
+        cfg = self.env.write("origin-canary.cfg", (
+            "global\n    nbthread 1\ndefaults\n    mode http\n    timeout client 30s\n"
+            "    timeout server 30s\n    timeout connect 2s\nfrontend o\n    bind 127.0.0.1:%d\n"
+            "    http-request return status 200 content-type text/plain string canary hdr x-origin canary\n") % port)
+        proc = self.env.spawn("origin-canary", [harness.haproxy_bin(), "-db", "-f", cfg])
+        proc.expect_rc = harness.HAPROXY_STOP_RC
+        self.env.wait_ready(proc, lambda: harness.tcp_connectable("127.0.0.1", port), 10, "canary origin")
+        for cmd in ("set server storefront_canary/canary1 addr 127.0.0.1 port %d" % port,
+                    "set server storefront_canary/canary1 state ready"):
+            runtime_api(self.hap.sock, cmd)
+        from test_pools import opsock
+        for cmd in ("set pool canary key-prefix %s routes pathname build b2" % CANARY_PREFIX,
+                    "set pool canary weight 0"):
+            self.assertNotIn("error", opsock(self.sock, cmd))
+        canary_html = b"<!DOCTYPE html><html><body>CANARY chair</body></html>"
+        self.put(CANARY_PREFIX, "/fr/products/chair", canary_html.decode())
+        stable_html = self.pages[b"/fr/products/chair"]
+
+        def pool_of(what, cookies, path):
+            lines = ["GET %s HTTP/1.1" % path, "Host: shop.example", "Connection: close"]
+            lines += ["Cookie: %s" % expand(c) for c in cookies]
+            req = lat("\r\n".join(lines) + "\r\n\r\n")
+            kind, r, rpath, method, raw = self.classify(req)
+            if kind == "4xx":
+                return "4xx", None
+            # The canary page is a cached page too, for the exact path.
+            pages, self.pages = self.pages, dict(self.pages)
+            if r is not None and r.body == canary_html:
+                self.pages[rpath] = canary_html
+            try:
+                self.check_invariants(what, req, raw, parse_responses(raw), rpath, method)
+            finally:
+                self.pages = pages
+            if kind == "origin":
+                who = "canary" if r.get("x-origin") == "canary" else "stable"
+            elif kind == "edge":
+                self.assertIn(r.body, (stable_html, canary_html), what)
+                who = "canary" if r.body == canary_html else "stable"
+            else:
+                self.fail("%s: %s %r" % (what, kind, r.head[:300] if r else None))
+            pins = [re.match(r"cedra_pool=([^;]*);", v).group(1) for v in r.all("set-cookie")]
+            for p in pins:
+                self.assertEqual(p.split(".")[0], who, "%s: pinned to %s, served by %s" % (what, p, who))
+            return who, pins
+
+        # canary pinning works at all (else the cases below prove nothing)
+        harness.wait_until(lambda: pool_of("canary", ["cedra_pool=canary.b2"], "/fr/products/chair")[0] == "canary",
+                           10 * SF, what="canary page for a canary pin")
+        spec = corpus("pool_cookies.json")
+        for case in spec["cases"]:
+            for path in ("/fr/products/chair", "/fr/pass-to-origin"):
+                what = "%s %s" % (case["id"], path)
+                with self.subTest(case=case["id"], path=path):
+                    who, pins = pool_of(what, case["cookies"], path)
+                    exp = case["expect"]
+                    if exp == "stable-or-4xx":
+                        self.assertIn(who, ("stable", "4xx"), what)
+                    elif exp == "live":
+                        self.assertIn(who, ("stable", "canary"), what)
+                    else:
+                        self.assertEqual(who, exp, what)
+                    if who != "4xx" and "repin" in case:
+                        self.assertEqual(bool(pins), case["repin"], "%s: set-cookie %r" % (what, pins))
+        self.assertSpoaHealthy("the pool cookie corpus")
+
+
+# ---- SPOP ---------------------------------------------------------------------------------
+
+
+def typed(v):
+    if v is None:
+        return sc.encode_typed(None)
+    if isinstance(v, str):
+        return bytes((sc.T_STRING,)) + sc.encode_bytes(lat(v))
+    if "fill" in v:
+        s = (v["fill"] * (v["n"] // max(1, len(v["fill"])) + 1))[:v["n"]]
+        return bytes((sc.T_STRING,)) + sc.encode_bytes(lat(v.get("prefix", "") + s))
+    if "bin" in v:
+        return bytes((sc.T_BINARY,)) + sc.encode_bytes(lat(v["bin"]))
+    if "int" in v:
+        return sc.encode_typed(sc.Int64(v["int"]))
+    if "uint32" in v:
+        return sc.encode_typed(sc.Uint32(v["uint32"]))
+    if "bool" in v:
+        return sc.encode_typed(bool(v["bool"]))
+    if "ipv4" in v:
+        return sc.encode_typed(ipaddress.IPv4Address(v["ipv4"]))
+    if "typed_hex" in v:
+        return bytes.fromhex(v["typed_hex"].replace(" ", ""))
+    raise ValueError("bad value %r" % (v,))
+
+
+def message(spec):
+    args = [("f%d" % i, "x") for i in range(spec.get("filler_first", 0))]
+    args += list(spec.get("fields", {}).items())
+    if "repeat_field" in spec:
+        name, value, n = spec["repeat_field"]
+        args += [(name, value)] * n
+    args += [("g%d" % i, "y") for i in range(spec.get("filler_args", 0))]
+    assert len(args) <= 255, len(args)
+    out = sc.encode_bytes(lat(spec.get("name", "cedra-req"))) + bytes((len(args),))
+    for n, v in args:
+        out += sc.encode_bytes(lat(n)) + typed(v)
+    return out
+
+
+def payload(p):
+    if "hex" in p:
+        return bytes.fromhex(p["hex"].replace(" ", ""))
+    if "fill_hex" in p:
+        return bytes.fromhex(p["fill_hex"]) * p["n"]
+    if "req" in p:
+        return message(p["req"])
+    raise ValueError("bad payload %r" % (p,))
+
+
+def frame_bytes(ftype, flags, sid, fid, body, len_delta=0, length=None):
+    b = bytes((ftype,)) + struct.pack("!I", flags) + sc.encode_varint(sid) + sc.encode_varint(fid) + body
+    n = len(b) + len_delta if length is None else length
+    return struct.pack("!I", n) + b
+
+
+def hello_bytes(item):
+    kv = b""
+    versions = item.get("versions", "2.0")
+    kv += sc.encode_bytes(b"supported-versions") + typed(versions)
+    if "mfs_hex" in item:
+        kv += sc.encode_bytes(b"max-frame-size") + bytes.fromhex(item["mfs_hex"].replace(" ", ""))
+    else:
+        kv += sc.encode_bytes(b"max-frame-size") + sc.encode_typed(sc.Uint32(item.get("max_frame_size", 16380)))
+    kv += sc.encode_bytes(b"capabilities") + typed(item.get("capabilities", "pipelining,async"))
+    kv += sc.encode_bytes(b"engine-id") + typed(item.get("engine_id", "hostile"))
+    return frame_bytes(sc.FRAME_HAPROXY_HELLO, item.get("flags", 1), 0, 0, kv)
+
+
+def item_bytes(item):
+    """One corpus send item -> (bytes, (sid, fid) of the last NOTIFY or None)."""
+    out, last = b"", None
+    for i in range(item.get("repeat", 1)):
+        if "hex" in item:
+            b = bytes.fromhex(item["hex"].replace(" ", ""))
+        elif "hello" in item:
+            b = hello_bytes(item)
+        elif "notify" in item:
+            sid = i + 1 if item.get("sid_step") else item.get("sid", 1)
+            fid = item.get("fid", 1)
+            b = frame_bytes(sc.FRAME_NOTIFY, 1, sid, fid, message(item["notify"]),
+                            item.get("len_delta", 0))
+            last = (sid, fid)
+        elif "notify_messages" in item:
+            spec = item["notify_messages"]
+            body = b""
+            for k in range(spec.get("others", 0)):
+                body += sc.encode_bytes(lat(spec.get("other_name", "other-msg"))) + b"\x01" + \
+                    sc.encode_bytes(b"a") + typed("b")
+            for k in range(spec.get("cedra", 1 if "fields" in spec else 0)):
+                body += message({"fields": spec["fields"]})
+            b = frame_bytes(sc.FRAME_NOTIFY, 1, 1, 1, body)
+            last = (1, 1)
+        elif "frame" in item:
+            f = item["frame"]
+            b = frame_bytes(f["type"], f.get("flags", 1), f.get("sid", 0), f.get("fid", 0),
+                            payload(f.get("payload", {"hex": ""})), f.get("len_delta", 0), f.get("len"))
+            if f["type"] == sc.FRAME_NOTIFY and f.get("flags", 1) & 1:
+                last = (f.get("sid", 0), f.get("fid", 0))
+        elif "fragments" in item:
+            spec = item["fragments"]
+            body = message(spec)
+            chunk = spec["chunk"]
+            pieces = [body[k:k + chunk] for k in range(0, len(body), chunk)]
+            sid, fid = spec.get("sid", 1), spec.get("fid", 1)
+            for k, piece in enumerate(pieces):
+                end = k == len(pieces) - 1
+                flags = (1 | (2 if spec.get("abort") else 0)) if end else 0
+                b_ = frame_bytes(sc.FRAME_NOTIFY if k == 0 else sc.FRAME_UNSET, flags, sid, fid, piece)
+                out += b_
+            b = b""
+            last = None if spec.get("abort") else (sid, fid)
+        else:
+            raise ValueError("bad item %r" % (item,))
+        if "cut" in item:
+            b = b[:item["cut"]]
+        out += b
+    return out, last
+
+
+class SpopHostileTest(harness.IntegrationTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        try:
+            cls.agent = cls.cenv.start_spoa(threads=2, max_frame_size=16380)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+        cls.agent_pid = cls.agent.pid
+
+    def check_vars(self, what, actions):
+        for a in actions:
+            self.assertEqual(a.scope, sc.SCOPE_TXN, "%s: %r" % (what, a))
+            if isinstance(a.value, str):
+                self.assertFalse(re.search(r"[\x00-\x1f\x7f]", a.value), "%s: control byte in %r" % (what, a))
+        v = sc.actions_to_vars(actions)
+        self.assertIn(v.get("action"), ("pass", "redirect"), "%s: %r" % (what, v))
+        self.assertIn(v.get("cache"), ("BYPASS", "MISS", "ERROR"), "%s: %r" % (what, v))
+        if "locale" in v:
+            self.assertIn(v["locale"], LOCALES, what)
+        if v.get("action") == "redirect":
+            self.assertTrue(location_ok(v.get("location", "")), "%s: unsafe location %r" % (what, v))
+            self.assertIn(v.get("status"), (302, 307), what)
+            self.assertTrue(v["location"].startswith("/" + v["locale"]), what)
+        return v
+
+    def good_request(self, what):
+        self.assertTrue(self.agent.alive(), "cedra-spoa died after %s (rc=%r)" % (
+            what, self.agent.popen.returncode))
+        self.assertEqual(self.agent.pid, self.agent_pid)
+        with sc.Connection(self.agent.addr, timeout=T) as c:
+            c.hello()
+            c.notify(5, 6, [sc.cedra_req("/fr/good", cookie="NEXT_LOCALE=nl")])
+            v = self.check_vars("good after " + what, c.ack_for(5, 6))
+            self.assertEqual((v.get("locale"), v.get("action")), ("fr", "pass"), what)
+            c.notify(7, 8, [sc.cedra_req("/p", accept_language="en")])
+            v = self.check_vars("good after " + what, c.ack_for(7, 8))
+            self.assertEqual((v.get("location"), v.get("action")), ("/en/p", "redirect"), what)
+
+    def observe(self, c, what, expect_quiet):
+        """The first thing the agent does: ('quiet'|'close'|'disconnect:N'|
+        'ack'|'ack-empty'|'ack-hello', frame)."""
+        try:
+            f = c.recv_frame(QUIET if expect_quiet else T)
+        except socket.timeout:
+            return "quiet", None
+        except sc.Closed:
+            return "close", None
+        if f.type == sc.FRAME_AGENT_DISCONNECT:
+            kv = f.kv()
+            self.assertIn("message", kv, what)
+            self.assertIs(type(kv.get("status-code")), sc.Uint32, what)
+            self.assertEqual(c.expect_close(T), [], "%s: frames after AGENT-DISCONNECT" % what)
+            return "disconnect:%d" % kv["status-code"], f
+        if f.type == sc.FRAME_ACK:
+            return ("ack" if f.payload else "ack-empty"), f
+        if f.type == sc.FRAME_AGENT_HELLO:
+            return "ack-hello", f
+        self.fail("%s: unexpected frame %r" % (what, f))
+
+    def run_case(self, case):
+        what = case["id"]
+        expect = case["expect"]
+        allowed = expect if isinstance(expect, list) else [expect]
+        c = sc.Connection(self.agent.addr, timeout=T)
+        try:
+            if case.get("hello", True):
+                c.hello(max_frame_size=case.get("max_frame_size", 16380))
+            last = None
+            for item in case["send"]:
+                data, l = item_bytes(item)
+                last = l or last
+                try:
+                    c.send(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            end = case.get("end", "keep")
+            if end == "rst":
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                self.assertEqual(allowed, ["gone"], what)
+                return "gone"
+            if end == "eof":
+                c.shutdown_write()
+            if allowed == ["acks"]:
+                for k in range(case["count"]):
+                    f = c.recv_frame(T)
+                    self.assertEqual(f.type, sc.FRAME_ACK, "%s: ACK %d: %r" % (what, k, f))
+                    v = self.check_vars(what, f.actions())
+                    if "locale" in case:
+                        self.assertEqual(v.get("locale"), case["locale"], what)
+                return "acks"
+            got, f = self.observe(c, what, "quiet" in allowed)
+            ok = got in allowed or ("close" in allowed and got.startswith("disconnect:"))
+            self.assertTrue(ok, "%s: expected %r, got %s" % (what, expect, got))
+            if got == "ack":
+                ids = tuple(case.get("ack_ids", last or (1, 1)))
+                self.assertEqual((f.stream_id, f.frame_id), ids, what)
+                v = self.check_vars(what, f.actions())
+                if "locale" in case:
+                    self.assertEqual(v.get("locale"), case["locale"], "%s: %r" % (what, v))
+            if got == "quiet":
+                # the connection is still usable
+                c.notify(99, 1, [sc.cedra_req("/nl/after")])
+                v = self.check_vars(what, c.ack_for(99, 1))
+                self.assertEqual(v.get("locale"), "nl", what)
+            if got in ("close",) or got.startswith("disconnect:"):
+                pass
+            return got
+        finally:
+            c.close()
+
+    def test_spop_corpus(self):
+        spec = corpus("spop.json")
+        outcomes = {}
+        for case in spec["cases"]:
+            with self.subTest(case=case["id"]):
+                got = self.run_case(case)
+                outcomes[got] = outcomes.get(got, 0) + 1
+            self.good_request(case["id"])
+        print("\nhostile SPOP corpus: %d cases, outcomes %r" % (len(spec["cases"]), outcomes))
+
+    def test_spop_field_matrix(self):
+        """Each hostile payload in each string argument the agent reads, as
+        STRING and BINARY: always a sane ACK, then a good request."""
+        m = corpus("spop.json")["matrix"]
+        n = 0
+        for field in m["fields"]:
+            for p in m["payloads"]:
+                for mode in m["modes"]:
+                    for kind in ("str", "bin"):
+                        fields = dict(m["base"])
+                        base = fields[field]
+                        val = {"suffix": base + p, "prefix": p + base, "replace": p}[mode]
+                        fields[field] = val if kind == "str" else {"bin": val}
+                        what = "%s %s %s %r" % (field, mode, kind, p)
+                        with self.subTest(what=what):
+                            with sc.Connection(self.agent.addr, timeout=T) as c:
+                                c.hello()
+                                c.send(frame_bytes(sc.FRAME_NOTIFY, 1, 3, 4, message({"fields": fields})))
+                                self.check_vars(what, c.ack_for(3, 4))
+                        n += 1
+            self.good_request("field %s" % field)
+        print("\nhostile SPOP field matrix: %d NOTIFYs" % n)
+
+
+# ---- operator sockets -----------------------------------------------------------------------
+
+
+def agent_bin():
+    return os.environ.get("CEDRA_AGENT") or os.path.join(harness.REPO, "build", "agent", "cedra-agent")
+
+
+def opsock_cmd(path, line, timeout=T):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(line + b"\n")
+        chunks = []
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            chunks.append(d)
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+class Abuser(object):
+    """One operator-socket client: sends in a thread (the daemon may stop
+    reading), reads concurrently when asked to."""
+
+    def __init__(self, path, data, read, half_close):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(T)
+        self.s.connect(path)
+        self.data, self.half_close = data, half_close
+        self.received = bytearray()
+        self.eof = False
+        self.send_error = None
+        self.sent = threading.Event()
+        threading.Thread(target=self._send, daemon=True).start()
+        if read:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _send(self):
+        try:
+            self.s.sendall(self.data)
+            if self.half_close:
+                self.s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            self.send_error = e
+        finally:
+            self.sent.set()
+
+    def _read(self):
+        try:
+            while True:
+                d = self.s.recv(65536)
+                if not d:
+                    break
+                self.received += d
+        except OSError:
+            pass
+        self.eof = True
+
+    def wait_eof(self, timeout):
+        harness.wait_until(lambda: self.eof, timeout, what="the daemon to close the connection")
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+class OpsockHostileBase(object):
+    """Mixed into a test case that sets self.sock_path, self.daemon and
+    self.healthy()."""
+
+    def run_opsock_corpus(self, label):
+        spec = corpus("opsock.json")
+        rss0 = rss_kib(self.daemon.pid)
+        peak = rss0
+        for case in spec["cases"]:
+            what = "%s %s" % (label, case["id"])
+            with self.subTest(case=case["id"]):
+                expect = case["expect"]
+                read = case.get("read", expect != "any")
+                a = Abuser(self.sock_path, lat(expand(case["send"])), read, case.get("half_close", False))
+                try:
+                    if expect != "any":
+                        a.wait_eof(10 * T)
+                        out = bytes(a.received)
+                        text = out.decode("latin-1")
+                        if "contains" in case:
+                            self.assertIn(case["contains"], text, "%s: %r" % (what, text[:200]))
+                        if expect == "error":
+                            self.assertTrue(text.startswith("error:"), "%s: %r" % (what, text[:200]))
+                            self.assertTrue(text.endswith("\n\n"), "%s: %r" % (what, text[-100:]))
+                        elif expect == "error-line":
+                            self.assertTrue(text.startswith("error:") or text.startswith("Unknown command"),
+                                            "%s: %r" % (what, text[:200]))
+                            self.assertTrue(text.endswith("\n\n"), what)
+                        elif expect == "answers":
+                            self.assertEqual(text.count("\n\n"), case["n"], "%s: %r" % (what, text[-200:]))
+                    else:
+                        a.sent.wait(T)
+                    # Another client and the HTTP path are served meanwhile.
+                    self.healthy(what)
+                    peak = max(peak, rss_kib(self.daemon.pid))
+                finally:
+                    a.close()
+        # Many concurrent clients: beyond the limit they get one error line;
+        # the others, and everything else, are served.
+        conc = spec["concurrent"]
+        clients = []
+        try:
+            for _ in range(conc["clients"]):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(T)
+                s.connect(self.sock_path)
+                clients.append(s)
+            refused = 0
+            for s in clients:
+                s.settimeout(QUIET)
+                try:
+                    d = s.recv(4096)
+                    if d.startswith(b"error: too many clients"):
+                        refused += 1
+                except socket.timeout:
+                    pass
+            if conc["expect_some_refused"]:
+                self.assertGreater(refused, 0, "%s: no client refused out of %d" % (label, len(clients)))
+            self.healthy_http("%s: %d clients connected" % (label, len(clients)))
+            peak = max(peak, rss_kib(self.daemon.pid))
+        finally:
+            for s in clients:
+                s.close()
+        harness.wait_until(lambda: b"Pid:" in opsock_cmd(self.sock_path, b"show info"), 10 * SF,
+                           what="operator socket served again after the concurrent clients left")
+        self.healthy(label + " after all")
+        rss1 = rss_kib(self.daemon.pid)
+        bound = spec["rss_bound_mib"] * 1024
+        print("\n%s operator socket abuse: RSS %d KiB before, peak %d KiB, %d KiB after (bound +%d KiB)"
+              % (label, rss0, peak, rss1, bound))
+        self.assertLess(peak - rss0, bound, "%s: RSS grew from %d to %d KiB" % (label, rss0, peak))
+        self.assertLess(rss1 - rss0, bound, "%s: RSS grew from %d to %d KiB" % (label, rss0, rss1))
+
+
+class SpoaOpsockHostileTest(OpsockHostileBase, HaproxyCase):
+    def setUp(self):
+        super().setUp()
+        self.sock_path = self.env.path("spoa.sock")
+        self.start_stack(extra="stats-socket %s" % self.sock_path)
+        self.wait_spoa_check()
+        self.daemon = self.agent
+        self.pid = self.agent.pid
+
+    def healthy_http(self, what):
+        self.assertTrue(self.agent.alive(), "cedra-spoa died: %s" % what)
+        self.assertEqual(self.agent.pid, self.pid)
+        st, hdrs, body = self.get("/nl/during-abuse")
+        self.assertEqual((st, hdrs.get("x-cedra-locale"), hdrs.get("x-cedra-cache")), (200, "nl", "BYPASS"), what)
+
+    def healthy(self, what):
+        self.healthy_http(what)
+        out = opsock_cmd(self.sock_path, b"show info").decode("latin-1")
+        self.assertIn("Pid: %d" % self.pid, out, what)
+
+    def test_spoa_operator_socket_abuse(self):
+        self.run_opsock_corpus("cedra-spoa")
+
+
+class AgentOpsockHostileTest(OpsockHostileBase, harness.IntegrationTestCase):
+    def setUp(self):
+        super().setUp()
+        if not os.access(agent_bin(), os.X_OK):
+            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
+        self.sock_path = self.env.path("agent.sock")
+        conf = self.env.write("agent.conf", (
+            "allow-root\nservice storefront\nconsul-addr 127.0.0.1:%d\nhaproxy-socket %s\nstats-socket %s\n"
+            "metrics none\n") % (harness.free_port(), self.env.path("no-haproxy.sock"), self.sock_path))
+        self.daemon = self.env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", conf])
+        self.env.wait_ready(self.daemon, lambda: os.path.exists(self.sock_path), 10 * SF, "operator socket")
+        self.pid = self.daemon.pid
+
+    def healthy_http(self, what):
+        self.assertTrue(self.daemon.alive(), "cedra-agent died: %s" % what)
+        self.assertEqual(self.daemon.pid, self.pid)
+
+    def healthy(self, what):
+        self.healthy_http(what)
+        out = opsock_cmd(self.sock_path, b"show info").decode("latin-1")
+        self.assertIn("Pid: %d" % self.pid, out, what)
+
+    def test_agent_operator_socket_abuse(self):
+        self.run_opsock_corpus("cedra-agent")
+
+
+if __name__ == "__main__":
+    unittest.main()
