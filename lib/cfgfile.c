@@ -2,10 +2,16 @@
 #include "cfgfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Configuration files and route tables are small: a bound on what is read
+ * keeps an endless source (a device, a pipe) from holding the caller's loop. */
+#define CFG_MAX_FILE (16 * 1024 * 1024)
 
 struct out {
     char *buf;
@@ -144,14 +150,26 @@ toolong:
     return -1;
 }
 
-/* Reads the next line from a file or from a string; returns 0 at the end. */
-static int next_line(FILE *f, const char **text, char *line, size_t size)
+/* Reads the next line from a file or from a string; returns 0 at the end,
+ * -1 on a NUL byte or past CFG_MAX_FILE bytes (*total counts them). */
+static int next_line(FILE *f, const char **text, char *line, size_t size, size_t *total)
 {
     const char *t, *nl;
     size_t ll;
 
-    if (f)
-        return fgets(line, (int)size, f) != NULL;
+    if (f) {
+        int ch = 0;
+
+        /* Not fgets(): a NUL would silently end the line (and /dev/zero
+         * would read as endless empty lines). */
+        for (ll = 0; ll < size - 1 && ch != '\n' && (ch = getc(f)) != EOF; ll++) {
+            if (ch == '\0' || ++*total > CFG_MAX_FILE)
+                return -1;
+            line[ll] = (char)ch;
+        }
+        line[ll] = '\0';
+        return ll > 0;
+    }
     t = *text;
     if (!*t)
         return 0;
@@ -172,8 +190,10 @@ static int parse_lines(const char *name, FILE *f, const char *text, cfg_line_cb 
     char words[CFG_MAX_LINE * 2];
     char why[256];
     unsigned lineno = 0;
+    size_t total = 0;
+    int r;
 
-    while (next_line(f, &text, line, sizeof(line))) {
+    while ((r = next_line(f, &text, line, sizeof(line), &total)) > 0) {
         struct cfg_line cl = {.file = name};
         struct out o;
         size_t ll = strlen(line);
@@ -199,6 +219,11 @@ static int parse_lines(const char *name, FILE *f, const char *text, cfg_line_cb 
             return -1;
         }
     }
+    if (r < 0) {
+        snprintf(err, errlen, "%s:%u: NUL byte, or more than %d bytes: not a configuration", name,
+                 lineno + 1, CFG_MAX_FILE);
+        return -1;
+    }
     return 0;
 }
 
@@ -213,11 +238,18 @@ int cfg_want_args(const struct cfg_line *l, int n, char *err, size_t errlen)
 
 int cfg_parse_file(const char *path, cfg_line_cb *cb, void *udata, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
+    /* O_NONBLOCK: opening a FIFO nobody writes to would block the caller's
+     * loop for good; reads then block again (a pipe still works). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    FILE *f = NULL;
     int r;
 
+    if (fd >= 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0)
+        f = fdopen(fd, "r");
     if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return -1;
     }
     r = parse_lines(path, f, "", cb, udata, err, errlen);
