@@ -408,6 +408,11 @@ static bool lf_safe(const char *p, size_t n)
     return true;
 }
 
+/* Room for the status line, end of headers, data block and HTX's own
+ * header, and for what the shipped http-after-response rules add. */
+#define EDGE_HTX_OVERHEAD 128
+#define EDGE_AFTER_RESPONSE_ROOM 256
+
 /* Writes the edge answer for a servable entry. Returns false when some part
  * of what Next.js would send cannot be reproduced by the shipped HAProxy
  * rules: the request then goes to the origin. */
@@ -417,12 +422,25 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
     struct isr_headers hs;
     bool seen_prerender = false;
     int status = not_modified ? 304 : e->status;
+    size_t need = not_modified ? 0 : e->body_len;
 
     if (status != 200 && status != 404 && status != 304)
         return false;
     if (!not_modified && !lf_safe(e->body, e->body_len))
         return false; /* the delivery path serves it byte for byte */
     if (isr_headers(e, state, not_modified, &p->conf->isr, &hs) < 0)
+        return false;
+    /* HAProxy builds the whole answer of a return rule in one buffer
+     * (tune.bufsize = max-frame-size + 4 by default): each header costs its
+     * name, value and 8 bytes of HTX block; the status line, end of headers
+     * and data blocks about 96 more, and the http-after-response rules
+     * (x-cedra-*, the pool cookie, vary) must still find room. An answer
+     * that would not fit fails in HAProxy with a 500, so it must not be
+     * sent this way: measured on 2.6.12, a 15842-byte page with the usual
+     * headers is the largest that fits. */
+    for (size_t i = 0; i < hs.n; i++)
+        need += strlen(hs.h[i].name) + hs.h[i].value_len + 8;
+    if (need + EDGE_HTX_OVERHEAD + EDGE_AFTER_RESPONSE_ROOM > (size_t)p->conf->max_frame_size + 4)
         return false;
     for (size_t i = 0; i < hs.n; i++) {
         const struct isr_header *hd = &hs.h[i];
