@@ -617,19 +617,25 @@ static void client_destroy(struct client *c, bool drain)
     free(c);
 }
 
-/* One recv per call: a fast client cannot hold the loop. */
-static int client_read(struct client *c)
+/* Bytes that may be appended at in + in_len, after moving consumed input
+ * out of the way (never under a line being run: it points into in[]). */
+static size_t client_in_room(struct client *c)
 {
-    size_t room;
-    ssize_t n;
-
     if (c->in_off && !c->line_active) {
         memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
         c->in_len -= c->in_off;
         c->in_scanned -= c->in_off;
         c->in_off = 0;
     }
-    room = c->srv->max_line + 1 - c->in_len;
+    return c->srv->max_line + 1 - c->in_len;
+}
+
+/* One recv per call: a fast client cannot hold the loop. */
+static int client_read(struct client *c)
+{
+    size_t room = client_in_room(c);
+    ssize_t n;
+
     if (room == 0)
         return 0;
     n = recv(c->fd, c->in + c->in_len, room, MSG_DONTWAIT);
@@ -736,7 +742,7 @@ static void on_client_idle(struct ev_loop *loop, ev_timer *t, int revents)
     client_destroy(c, false);
 }
 
-static void client_new(struct opsock *s, int fd)
+static struct client *client_alloc(struct opsock *s, int fd)
 {
     struct client *c = calloc(1, sizeof(*c));
 
@@ -745,12 +751,22 @@ static void client_new(struct opsock *s, int fd)
         c->in = malloc(s->max_line + 2);
     if (!c || !c->in) {
         free(c);
+        return NULL;
+    }
+    c->srv = s;
+    c->fd = fd;
+    return c;
+}
+
+static void client_new(struct opsock *s, int fd)
+{
+    struct client *c = client_alloc(s, fd);
+
+    if (!c) {
         close(fd);
         log_error("opsock_client_error", "path=%s reason=out_of_memory", s->path);
         return;
     }
-    c->srv = s;
-    c->fd = fd;
     ev_io_init(&c->io, on_client_io, fd, EV_READ);
     ev_io_start(s->loop, &c->io);
     c->io_events = EV_READ;
@@ -1061,4 +1077,55 @@ void opsock_free(struct opsock *s)
 unsigned opsock_nclients(const struct opsock *s)
 {
     return s->nclients;
+}
+
+int opsock_feed(struct opsock *s, const void *data, size_t len, char **out, size_t *outlen)
+{
+    struct client *c = client_alloc(s, -1);
+    struct obuf res = {0};
+    const char *p = data;
+    int rc = 0;
+
+    *out = NULL;
+    *outlen = 0;
+    if (!c)
+        return -1;
+    /* The socket path with the socket taken out: client_read() becomes a
+     * copy, client_flush() an append to res, and the watchers' re-arming is
+     * this loop. Every pass consumes input or runs commands, and EOF ends
+     * the last line, so it terminates. */
+    for (;;) {
+        size_t room = client_in_room(c), n = len < room ? len : room;
+
+        if (n) {
+            memcpy(c->in + c->in_len, p, n);
+            c->in_len += n;
+            p += n;
+            len -= n;
+        }
+        c->eof = len == 0;
+        (void)client_run(c);
+        if (c->failed || obuf_reserve(&res, obuf_pending(&c->out) + 1) < 0) {
+            rc = -1;
+            break;
+        }
+        if (obuf_pending(&c->out)) {
+            memcpy(res.data + res.len, c->out.data + c->out.off, obuf_pending(&c->out));
+            res.len += obuf_pending(&c->out);
+            c->out.off = c->out.len = 0;
+        }
+        if (c->closing)
+            break;
+    }
+    free(c->in);
+    free(c->out.data);
+    free(c);
+    if (rc < 0) {
+        free(res.data);
+        return -1;
+    }
+    res.data[res.len] = '\0'; /* obuf_reserve() above left room for it */
+    *out = res.data;
+    *outlen = res.len;
+    return 0;
 }

@@ -75,6 +75,14 @@ void opsock_free(struct opsock *s);
 /* Clients connected now (for "show info" and tests). */
 unsigned opsock_nclients(const struct opsock *s);
 
+/* Runs data[0..len) as if one client had sent it and then closed its side:
+ * the same line and word splitting, limits, handlers and answer framing as a
+ * socket client, without a socket (tests, fuzzing). *out gets what that
+ * client would have read (malloc'd, NUL-terminated, *outlen bytes without the
+ * NUL; the caller frees it). Returns 0, or -1 (nothing in *out) when memory
+ * runs out. Not from inside a handler. */
+int opsock_feed(struct opsock *s, const void *data, size_t len, char **out, size_t *outlen);
+
 /* Answer building, only valid inside a handler. Output beyond max_output is
  * cut at a line boundary and followed by a "# truncated: ..." line; empty
  * lines are collapsed so that the empty line stays the end-of-answer mark. */

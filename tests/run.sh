@@ -4,7 +4,7 @@
 # HAProxy, a valgrind pass over the daemon, and make distcheck.
 # Ends with one line: "N passed, N failed[, N skipped]"; exits 1 on any failure.
 #
-# Environment: CEDRA_FUZZ_SECONDS (default 30) per fuzz target;
+# Environment: CEDRA_FUZZ_SECONDS (default 15) per fuzz target (two run at a time);
 # CEDRA_SKIP="distcheck valgrind fuzz" skips stages (for quick local runs).
 set -uo pipefail
 
@@ -12,7 +12,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-fuzz_seconds=${CEDRA_FUZZ_SECONDS:-30}
+fuzz_seconds=${CEDRA_FUZZ_SECONDS:-15}
 skip=" ${CEDRA_SKIP:-} "
 
 record() { # record STATUS NAME
@@ -91,23 +91,44 @@ fi
 if skipped fuzz; then
   record SKIP fuzz
 else
-  stage "fuzzing (${fuzz_seconds}s per target)"
+  stage "fuzzing (${fuzz_seconds}s per target, two at a time)"
+  # One target: a private copy of its seeds (libFuzzer adds to the corpus
+  # directory), crash artifacts kept in $top/build-fuzz/artifacts. Prints
+  # "PASS|FAIL fuzz/NAME" and the last stats, or the log tail on failure.
+  fuzz_one() { # fuzz_one BINARY
+    local f=$1 name corpus art
+    name=$(basename "$f")
+    corpus=$(mktemp -d)
+    art="$top/build-fuzz/artifacts/$name-"
+    mkdir -p "$top/build-fuzz/artifacts"
+    cp -r "$top/tests/fuzz/corpus/${name#fuzz_}/." "$corpus/" 2>/dev/null || true
+    if (cd "$corpus" && "$f" -max_total_time="$fuzz_seconds" -timeout=5 -rss_limit_mb=2048 \
+          -print_final_stats=1 -artifact_prefix="$art" "$corpus" >"$corpus.log" 2>&1); then
+      echo "PASS fuzz/$name"
+      grep -E 'stat::number_of_executed_units|DONE' "$corpus.log" | tail -2
+    else
+      echo "FAIL fuzz/$name"
+      grep -vE '^(ts=|#[0-9]+ )' "$corpus.log" | tail -60
+    fi
+    rm -rf "$corpus" "$corpus.log"
+  }
   if CC=clang "$top/scripts/build.sh" "$top/build-fuzz" --enable-fuzzers; then
+    # 2 cores: two targets at a time keeps the stage near (targets / 2) x fuzz_seconds.
+    fuzz_out=$(mktemp -d)
+    i=0
     for f in "$top"/build-fuzz/tests/fuzz/fuzz_*; do
-      [ -x "$f" ] || continue
-      name=$(basename "$f")
-      corpus=$(mktemp -d)
-      cp -r "$top/tests/fuzz/corpus/${name#fuzz_}/." "$corpus/" 2>/dev/null || true
-      if (cd "$corpus" && "$f" -max_total_time="$fuzz_seconds" -timeout=5 -rss_limit_mb=2048 \
-            -print_final_stats=1 "$corpus" >"$corpus.log" 2>&1); then
-        record PASS "fuzz/$name"
-        grep -E 'stat::number_of_executed_units|cov:' "$corpus.log" | tail -2
-      else
-        record FAIL "fuzz/$name"
-        tail -60 "$corpus.log"
-      fi
-      rm -rf "$corpus" "$corpus.log"
+      [ -x "$f" ] && [ -f "$f" ] || continue
+      fuzz_one "$f" >"$fuzz_out/$(basename "$f")" &
+      i=$((i + 1))
+      if [ $((i % 2)) -eq 0 ]; then wait; fi
     done
+    wait
+    for r in "$fuzz_out"/*; do
+      [ -f "$r" ] || continue
+      cat "$r"
+      head -1 "$r" >>"$results"
+    done
+    rm -rf "$fuzz_out"
   else
     record FAIL build/fuzz
   fi
