@@ -186,6 +186,7 @@ class HostileHttpBase(HaproxyCase):
     table of the fixture), session cookie "sid", operator socket."""
 
     start_redis = EdgeCacheTest.start_redis
+    FRAME = 16380   # max-frame-size of both HAProxy's SPOE and cedra-spoa
 
     def page_key(self, path):
         parts = path.strip("/").split("/")
@@ -209,7 +210,9 @@ class HostileHttpBase(HaproxyCase):
             "session-cookie sid",
             "stats-socket %s" % self.sock,
         ])
-        self.start_stack(extra=extra, haproxy_env={"CEDRA_SPOE_TIMEOUT_PROCESSING": "%dms" % (1000 * SF)})
+        self.start_stack(extra=extra, max_frame_size=self.FRAME,
+                         haproxy_env={"CEDRA_SPOE_TIMEOUT_PROCESSING": "%dms" % (1000 * SF),
+                                      "CEDRA_SPOE_MAX_FRAME_SIZE": str(self.FRAME)})
         self.wait_spoa_check()
         self.template = load_value("product-chair.json")
         spec = corpus("http.json")
@@ -299,6 +302,7 @@ class HostileHttpBase(HaproxyCase):
     def run_http_case(self, what, case, expect):
         req = build_request(case)
         kind, r, path, method, raw = self.classify(req)
+        self.last = r
         self.check_invariants(what, req, raw, parse_responses(raw, method == b"HEAD"), path, method)
         self.check_class(what, expect, kind, r)
         if expect == "redirect" and "location" in case:
@@ -308,11 +312,17 @@ class HostileHttpBase(HaproxyCase):
 
 class HostileHttpTest(HostileHttpBase):
     def test_http_corpus(self):
+        self.run_http_corpus()
+
+    def run_http_corpus(self):
         spec = corpus("http.json")
         seen = {}
         for i, case in enumerate(spec["cases"]):
             with self.subTest(case=case["id"]):
                 kind = self.run_http_case(case["id"], case, case["expect"])
+                # Every request HAProxy accepted got the agent's answer (a
+                # NOTIFY it could not take would show as ERROR, failing open).
+                self.assertNotEqual(self.last.get("x-cedra-cache") if self.last else None, "ERROR", case["id"])
                 seen[kind] = seen.get(kind, 0) + 1
             if i % 10 == 9:
                 self.assertSpoaHealthy(case["id"])
@@ -402,6 +412,16 @@ class HostileHttpTest(HostileHttpBase):
         self.assertSpoaHealthy("the pool cookie corpus")
 
 
+class HostileHttpSmallFramesTest(HostileHttpBase):
+    """The same corpus with 2 KiB SPOE frames on both sides: HAProxy sends the
+    NOTIFYs of big requests in fragments that cedra-spoa must reassemble."""
+
+    FRAME = 2048
+
+    def test_http_corpus_fragmented(self):
+        HostileHttpTest.run_http_corpus(self)
+
+
 # ---- SPOP ---------------------------------------------------------------------------------
 
 
@@ -468,6 +488,8 @@ def hello_bytes(item):
         kv += sc.encode_bytes(b"max-frame-size") + sc.encode_typed(sc.Uint32(item.get("max_frame_size", 16380)))
     kv += sc.encode_bytes(b"capabilities") + typed(item.get("capabilities", "pipelining,async"))
     kv += sc.encode_bytes(b"engine-id") + typed(item.get("engine_id", "hostile"))
+    if item.get("healthcheck"):
+        kv += sc.encode_bytes(b"healthcheck") + sc.encode_typed(True)
     return frame_bytes(sc.FRAME_HAPROXY_HELLO, item.get("flags", 1), 0, 0, kv)
 
 
@@ -578,8 +600,15 @@ class SpopHostileTest(harness.IntegrationTestCase):
             self.assertEqual(c.expect_close(T), [], "%s: frames after AGENT-DISCONNECT" % what)
             return "disconnect:%d" % kv["status-code"], f
         if f.type == sc.FRAME_ACK:
+            if c.max_frame_size:
+                size = 5 + sc.varint_len(f.stream_id) + sc.varint_len(f.frame_id) + len(f.payload)
+                self.assertLessEqual(size, c.max_frame_size, "%s: ACK over the negotiated frame size" % what)
             return ("ack" if f.payload else "ack-empty"), f
         if f.type == sc.FRAME_AGENT_HELLO:
+            if f.kv().get("healthcheck") is not None or "healthcheck" in what:
+                # A health check ends with the HELLO: nothing is answered after it.
+                self.assertEqual(c.expect_close(T), [], "%s: frames after a health-check HELLO" % what)
+                return "ack-hello-then-close", f
             return "ack-hello", f
         self.fail("%s: unexpected frame %r" % (what, f))
 
