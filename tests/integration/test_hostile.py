@@ -187,8 +187,11 @@ class HostileHttpBase(HaproxyCase):
 
     start_redis = EdgeCacheTest.start_redis
     FRAME = 16380   # max-frame-size of both HAProxy's SPOE and cedra-spoa
+    ROUTES = os.path.join(FIX, "routes.table")  # or "pathname" (Next <= 16.3.7 keys)
 
     def page_key(self, path):
+        if self.ROUTES == "pathname":
+            return path
         parts = path.strip("/").split("/")
         kind = "home" if len(parts) == 1 else ("about" if parts[1] == "about" else "product")
         return "/route-cache/APP_PAGE/%s/$%s" % (ROUTE_HASH[kind], path)
@@ -206,7 +209,7 @@ class HostileHttpBase(HaproxyCase):
         extra = "\n".join([
             "valkey 127.0.0.1:%d" % self.rport,
             "valkey-timeout 500ms",
-            "pool stable key-prefix %s routes %s build b1" % (PREFIX, os.path.join(FIX, "routes.table")),
+            "pool stable key-prefix %s routes %s build b1" % (PREFIX, self.ROUTES),
             "session-cookie sid",
             "stats-socket %s" % self.sock,
         ])
@@ -419,6 +422,17 @@ class HostileHttpSmallFramesTest(HostileHttpBase):
     FRAME = 2048
 
     def test_http_corpus_fragmented(self):
+        HostileHttpTest.run_http_corpus(self)
+
+
+class HostileHttpPathnameTest(HostileHttpBase):
+    """The same corpus with pages keyed by their pathname (Next.js <= 16.3.7,
+    <= 15.5.26): the key is the request path itself, so only an exact,
+    plain path may ever reach it."""
+
+    ROUTES = "pathname"
+
+    def test_http_corpus_pathname_keys(self):
         HostileHttpTest.run_http_corpus(self)
 
 
