@@ -504,11 +504,12 @@ int main(int argc, char **argv)
     }
     if (pidfile) {
         FILE *pf = fopen(pidfile, "w");
+        bool ok = pf && fprintf(pf, "%ld\n", (long)getpid()) >= 0;
 
-        if (!pf || fprintf(pf, "%ld\n", (long)getpid()) < 0 || fclose(pf) != 0) {
+        if (pf && fclose(pf) != 0)
+            ok = false;
+        if (!ok) {
             log_error("pidfile_failed", "file=%s error=\"%s\"", pidfile, strerror(errno));
-            if (pf)
-                fclose(pf);
             pidfile = NULL;
             goto early_exit;
         }
