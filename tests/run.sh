@@ -142,6 +142,14 @@ grep -E '^(PASS|FAIL|SKIP) ' "$out" | sed 's/^\(PASS\|FAIL\|SKIP\) /\1 integrati
 grep -qE '^integration: [0-9]+ passed' "$out" || record FAIL "integration/runner"
 rm -f "$out"
 
+stage "fault suite under load (tests/faults, short profile)"
+out=$(mktemp)
+CEDRA_SPOA="$top/build/spoa/cedra-spoa" CEDRA_AGENT="$top/build/agent/cedra-agent" \
+  timeout 600 python3 "$top/tests/faults/run.py" --profile short 2>&1 | tee "$out"
+grep -E '^(PASS|FAIL|SKIP) faults/' "$out" | sed 's/:.*$//' >>"$results"
+grep -qE '^faults: [0-9]+ passed' "$out" || record FAIL "faults/runner"
+rm -f "$out"
+
 if skipped valgrind; then
   record SKIP valgrind
 else
