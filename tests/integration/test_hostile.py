@@ -714,6 +714,34 @@ class SpopHostileTest(harness.IntegrationTestCase):
             self.good_request(case["id"])
         print("\nhostile SPOP corpus: %d cases, outcomes %r" % (len(spec["cases"]), outcomes))
 
+    def test_many_connections_holding_partial_frames(self):
+        """200 connections each holding a NOTIFY reassembly of ~200 KiB and a
+        partial frame: memory stays within what the limits allow per
+        connection (max-frame-size read buffer + max-reassembly), and a good
+        client is served meanwhile and afterwards."""
+        n, frag = 200, 12 * 16000
+        rss0 = rss_kib(self.agent.pid)
+        conns = []
+        try:
+            for i in range(n):
+                c = sc.Connection(self.agent.addr, timeout=T)
+                conns.append(c)
+                c.hello()
+                c.send(frame_bytes(sc.FRAME_NOTIFY, 0, 1, 1, b"\x09"))
+                for _ in range(frag // 16000):
+                    c.send(frame_bytes(sc.FRAME_UNSET, 0, 1, 1, b"a" * 16000))
+                c.send(frame_bytes(sc.FRAME_UNSET, 1, 1, 1, b"a" * 16000)[:8000])  # cut mid-frame
+            self.good_request("%d connections holding partial frames" % n)
+            rss1 = rss_kib(self.agent.pid)
+        finally:
+            for c in conns:
+                c.close()
+        self.good_request("closing them")
+        per_conn = (16380 + 4 + 262144) // 1024 + 16   # read buffer + reassembly bound + bookkeeping
+        print("\n%d connections holding %d KiB of fragments each: RSS %d -> %d KiB (%.0f KiB per connection, bound %d)"
+              % (n, frag // 1024, rss0, rss1, (rss1 - rss0) / n, per_conn))
+        self.assertLess(rss1 - rss0, n * per_conn)
+
     def test_spop_field_matrix(self):
         """Each hostile payload in each string argument the agent reads, as
         STRING and BINARY: always a sane ACK, then a good request."""
