@@ -197,9 +197,18 @@ static int check_permissions(const struct agent_conf *c)
     struct privs_report r = {.out = stderr, .prog = "cedra-agent"};
 
     privs_check_conf(&r, &c->privs);
-    if (c->stats_socket[0])
-        privs_check_socket(&r, &c->privs, "stats-socket", c->stats_socket, c->stats_mode,
+    if (c->stats_socket[0]) {
+        struct privs owner = c->privs;
+        char err[256];
+
+        /* "stats-socket ... user <u>" gives the socket to another user. */
+        if (c->stats_user[0] && privs_set_user(&owner, c->stats_user, err, sizeof(err)) < 0) {
+            fprintf(stderr, "cedra-agent: [ALERT] stats-socket %s: %s\n", c->stats_socket, err);
+            r.errors++;
+        }
+        privs_check_socket(&r, &owner, "stats-socket", c->stats_socket, c->stats_mode,
                            PRIVS_SOCK_ADMIN);
+    }
     if (r.errors) {
         fprintf(stderr, "cedra-agent: configuration has %u error(s) and %u warning(s)\n", r.errors,
                 r.warnings);

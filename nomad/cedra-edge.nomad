@@ -19,7 +19,9 @@
 # Updates roll one node at a time (update.max_parallel = 1).
 #
 # Sockets (${NOMAD_ALLOC_DIR} is /alloc inside the containers), all mode 0600,
-# all three daemons run as the same user "cedra" (uid 10001) of the image:
+# all three daemons run as the same user "cedra" (uid 10001) of the image
+# (its USER: they start unprivileged, so their files need no "user" line, and
+# nothing here runs as root but the init task):
 #   run/spoa.sock          SPOP: HAProxy -> cedra-spoa (CEDRA_SPOA_ADDR, "listen")
 #   run/spoa-admin.sock    cedra-spoa operator socket: cedra-agent -> cedra-spoa
 #   run/haproxy-admin.sock HAProxy Runtime API: cedra-agent -> HAProxy (CEDRA_HAPROXY_SOCK)
