@@ -20,7 +20,7 @@
 
 struct parked {
     char token[DELIVER_TOKEN_SIZE];
-    const struct isr_entry *entry;
+    struct deliver_item item;
     void (*release)(void *);
     void *arg;
     enum isr_state state;
@@ -100,8 +100,8 @@ static void sweep(struct deliver *d, double now)
     }
 }
 
-int deliver_put(struct deliver *d, const struct isr_entry *e, void (*release)(void *), void *arg,
-                enum isr_state st, bool not_modified, const struct isr_conf *conf,
+int deliver_put(struct deliver *d, const struct deliver_item *item, void (*release)(void *),
+                void *arg, enum isr_state st, bool not_modified, const struct isr_conf *conf,
                 char token[DELIVER_TOKEN_SIZE])
 {
     static const char hex[] = "0123456789abcdef";
@@ -121,7 +121,7 @@ int deliver_put(struct deliver *d, const struct isr_entry *e, void (*release)(vo
         p->token[2 * i + 1] = hex[rnd[i] & 15];
     }
     p->token[32] = '\0';
-    p->entry = e;
+    p->item = *item;
     p->release = release;
     p->arg = arg;
     p->state = st;
@@ -223,17 +223,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         log_warning("deliver_unknown_token", "url_len=%zu", strlen(url));
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page expired, retry\n");
     }
-    if (isr_headers(p->entry, p->state, p->not_modified, &p->conf, &hs) < 0) {
+    if (isr_variant_headers(p->item.entry, p->item.variant, p->state, p->not_modified, &p->conf,
+                            &hs) < 0) {
         parked_free(p);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
     }
-    status = p->not_modified ? 304u : (unsigned)p->entry->status;
+    /* RSC answers are 200 only (isr_variant_headers() refuses the others). */
+    status = p->not_modified               ? 304u
+             : p->item.variant == ISR_HTML ? (unsigned)p->item.entry->status
+                                           : 200u;
     if (p->not_modified) {
         r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     } else {
         /* Zero copy: the body is the parked entry's, freed once sent. */
         r = MHD_create_response_from_buffer_with_free_callback_cls(
-            p->entry->body_len, (void *)p->entry->body, free_parked_cb, p);
+            p->item.body_len, (void *)p->item.body, free_parked_cb, p);
     }
     if (!r) {
         parked_free(p);

@@ -29,13 +29,23 @@ struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t e
 /* Stops the server thread(s) and frees every parked entry. */
 void deliver_stop(struct deliver *d);
 
-/* Parks e to be answered as a HIT/STALE (st) or a 304 (not_modified). e
- * stays valid until release(arg) is called — once delivered, expired or at
- * deliver_stop(): the caller's reference (in-process cache handle, or the
- * entry itself) moves here on success. Returns 0 with the token written, or
- * -1 when full (the reference is still the caller's). Thread-safe. */
-int deliver_put(struct deliver *d, const struct isr_entry *e, void (*release)(void *), void *arg,
-                enum isr_state st, bool not_modified, const struct isr_conf *conf,
+/* What is parked: the entry, which of its answers (isr_variant_headers())
+ * and the body bytes (inside the entry: e->body, e->rsc or a segment). */
+struct deliver_item {
+    const struct isr_entry *entry;
+    enum isr_variant variant;
+    const void *body;
+    size_t body_len;
+};
+
+/* Parks an item to be answered as a HIT/STALE (st) or a 304 (not_modified).
+ * The entry stays valid until release(arg) is called — once delivered,
+ * expired or at deliver_stop(): the caller's reference (in-process cache
+ * handle, or the entry itself) moves here on success. Returns 0 with the
+ * token written, or -1 when full (the reference is still the caller's).
+ * Thread-safe. */
+int deliver_put(struct deliver *d, const struct deliver_item *item, void (*release)(void *),
+                void *arg, enum isr_state st, bool not_modified, const struct isr_conf *conf,
                 char token[DELIVER_TOKEN_SIZE]);
 
 struct deliver_stats {

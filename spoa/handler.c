@@ -88,7 +88,11 @@ struct request {
     struct str accept_language;
     struct str if_none_match;
     struct str cache_control;
-    int64_t rsc, prefetch, state_tree, segment_prefetch, authorization, if_modified_since;
+    /* App Router headers: counts (req.hdr_cnt: a comma splits a value) and
+     * the whole values of the ones the answer depends on. */
+    struct str rsc_value, prefetch_value, state_tree_value, segment_value;
+    int64_t rsc, prefetch, state_tree, segment_prefetch, next_url, now_route;
+    int64_t authorization, if_modified_since;
 };
 
 /* A reference on an entry: an in-process cache handle, or the entry itself. */
@@ -114,6 +118,9 @@ struct pending {
     struct who who;
     double t0;        /* lookup start, for the latency histogram */
     bool conditional; /* may be answered 304 */
+    enum isr_variant variant;
+    char segment[ISR_MAX_SEGMENT_PATH]; /* ISR_SEGMENT: the segment path asked for */
+    size_t segment_len;
     char inm[INM_MAX];
     size_t inm_len;
     char fkey[KEY_MAX]; /* key prefix + Next.js key */
@@ -169,6 +176,10 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"accept_language", offsetof(struct request, accept_language)},
         {"if_none_match", offsetof(struct request, if_none_match)},
         {"cache_control", offsetof(struct request, cache_control)},
+        {"rsc_value", offsetof(struct request, rsc_value)},
+        {"prefetch_value", offsetof(struct request, prefetch_value)},
+        {"state_tree_value", offsetof(struct request, state_tree_value)},
+        {"segment_value", offsetof(struct request, segment_value)},
     };
     static const struct {
         const char *name;
@@ -178,6 +189,8 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"prefetch", offsetof(struct request, prefetch)},
         {"state_tree", offsetof(struct request, state_tree)},
         {"segment_prefetch", offsetof(struct request, segment_prefetch)},
+        {"next_url", offsetof(struct request, next_url)},
+        {"now_route", offsetof(struct request, now_route)},
         {"authorization", offsetof(struct request, authorization)},
         {"cookie_headers", offsetof(struct request, cookie_headers)},
         {"if_modified_since", offsetof(struct request, if_modified_since)},
@@ -356,6 +369,83 @@ static bool try_redirect(struct handler *h, const struct request *rq, const stru
     return true;
 }
 
+/* The longest Next-Router-State-Tree taken: the client's tree of the page it
+ * is on, URL-encoded JSON, a few hundred bytes for this kind of app. */
+#define STATE_TREE_MAX 4096
+
+static bool rsc_param_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
+}
+
+/* Which answer a request wants: the HTML, or the RSC payload of a client
+ * navigation / full prefetch, or one segment of a segment prefetch. False
+ * when it is an App Router request whose answer from Next.js is not a pure
+ * function of the cached entry and what the edge sees (DESIGN §3.2): it
+ * goes to the origin. What Next does (FACTS.md §9): RSC: 1 (exactly "1")
+ * makes it an RSC request; Next 16 checks the _rsc search parameter against
+ * a hash of Next-Router-Prefetch, -Segment-Prefetch, -State-Tree and
+ * Next-Url and answers 307 when it does not match. Next-Url (interception
+ * routes), X-Now-Route-Matches (Next then drops the RSC headers), prefetch
+ * kinds other than "1", repeated headers, other search parameters and any
+ * doubt go to the origin. */
+static bool rsc_request(const struct request *rq, enum isr_variant *v)
+{
+    char sha[ISR_RSC_PARAM_SIZE], legacy[ISR_RSC_PARAM_SIZE];
+    const char *q = rq->query.p, *val;
+    size_t ql = rq->query.len, vl;
+    bool pf = false, seg = false, tree = false;
+
+    *v = ISR_HTML;
+    if (!rq->rsc && !rq->prefetch && !rq->state_tree && !rq->segment_prefetch)
+        return true;
+    if (!str_is(rq->method, "GET") || rq->rsc != 1 || !str_is(rq->rsc_value, "1") || rq->next_url ||
+        rq->now_route)
+        return false;
+    if (rq->prefetch) {
+        if (rq->prefetch != 1 || !str_is(rq->prefetch_value, "1"))
+            return false;
+        pf = true;
+    }
+    if (rq->segment_prefetch) {
+        /* Without Next-Router-Prefetch: 1 Next ignores it; rare, not ours. */
+        if (!pf || rq->segment_prefetch != 1 || rq->segment_value.len == 0 ||
+            rq->segment_value.len > ISR_MAX_SEGMENT_PATH || rq->segment_value.p[0] != '/')
+            return false;
+        seg = true;
+    }
+    if (rq->state_tree) {
+        if (rq->state_tree != 1 || rq->state_tree_value.len == 0 ||
+            rq->state_tree_value.len > STATE_TREE_MAX)
+            return false;
+        tree = true;
+    }
+    if (isr_rsc_param(pf ? "1" : NULL, 1, seg ? rq->segment_value.p : NULL, rq->segment_value.len,
+                      tree ? rq->state_tree_value.p : NULL, rq->state_tree_value.len, sha,
+                      legacy) < 0)
+        return false;
+    /* The query the client builds for a page without search parameters:
+     * "_rsc=<hash>", or "_rsc" when the hash is empty. */
+    if (ql == 4 && memcmp(q, "_rsc", 4) == 0) {
+        val = q + 4;
+        vl = 0;
+    } else if (ql >= 5 && memcmp(q, "_rsc=", 5) == 0) {
+        val = q + 5;
+        vl = ql - 5;
+    } else {
+        return false;
+    }
+    for (size_t i = 0; i < vl; i++)
+        if (!rsc_param_char(val[i]))
+            return false;
+    if (!(vl == strlen(sha) && memcmp(val, sha, vl) == 0) &&
+        !(vl == strlen(legacy) && memcmp(val, legacy, vl) == 0))
+        return false;
+    *v = seg ? ISR_SEGMENT : ISR_RSC;
+    return true;
+}
+
 /* Requests a shared cache must not answer (DESIGN §3.2): they go to the origin. */
 static bool must_bypass(const struct request *rq, const struct spoa_conf *conf)
 {
@@ -363,9 +453,6 @@ static bool must_bypass(const struct request *rq, const struct spoa_conf *conf)
     size_t vl;
 
     if (!str_is(rq->method, "GET") && !str_is(rq->method, "HEAD"))
-        return true;
-    /* Client navigations and prefetches want the RSC payload, not the HTML. */
-    if (rq->rsc || rq->prefetch || rq->state_tree || rq->segment_prefetch)
         return true;
     if (rq->authorization)
         return true;
@@ -494,13 +581,75 @@ static void held_release(struct held *hd)
     memset(hd, 0, sizeof(*hd));
 }
 
+/* Parks it for the delivery server and tells HAProxy to fetch it there;
+ * false when it could not be parked (the reference stays with hd). */
+static bool put_deliver(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
+                        const struct deliver_item *it, enum isr_state state, bool nm,
+                        enum stat_cache c)
+{
+    char token[DELIVER_TOKEN_SIZE];
+    int r =
+        hd->ref
+            ? deliver_put(h->deliver, it, release_ref_cb, hd->ref, state, nm, &p->conf->isr, token)
+            : deliver_put(h->deliver, it, release_own_cb, hd->own, state, nm, &p->conf->isr, token);
+
+    if (r != 0)
+        return false;
+    memset(hd, 0, sizeof(*hd)); /* parked: the delivery server releases it */
+    put_str_var(w, VAR_ACTION, "deliver", 7);
+    put_str_var(w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
+    put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+    metrics_counter_inc(h->stats->requests[DEC_DELIVER][c]);
+    if (nm)
+        metrics_counter_inc(h->stats->not_modified);
+    return true;
+}
+
+/* An RSC payload or a segment: every one holds newlines (one per row),
+ * which lf-string would escape, so all go through the delivery server,
+ * byte for byte. What is not exactly what Next would send goes to the
+ * origin: a segment the entry does not have (Next: an empty 404), an
+ * entry whose payload could not be decoded, a status other than 200. */
+static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
+                       enum isr_state state, enum stat_cache c)
+{
+    const struct isr_entry *e = hd->e;
+    struct deliver_item it = {
+        .entry = e, .variant = ISR_RSC, .body = e->rsc, .body_len = e->rsc_len};
+    struct isr_headers hs;
+
+    put_who(w, p->conf, &p->who);
+    /* Without segmentData (Next 15) Next answers a segment prefetch with
+     * the whole payload and the navigation's headers. */
+    if (p->variant == ISR_SEGMENT && e->has_segments) {
+        const struct isr_segment *sg = isr_segment_find(e, p->segment, p->segment_len);
+
+        it.variant = ISR_SEGMENT;
+        it.body = sg ? sg->data : NULL;
+        it.body_len = sg ? sg->len : 0;
+    }
+    if (h->deliver && it.body && it.body_len <= p->conf->isr.max_body &&
+        isr_variant_headers(e, it.variant, state, false, &p->conf->isr, &hs) == 0 &&
+        put_deliver(h, p, w, hd, &it, state, false, c))
+        return;
+    log_debug("edge_unservable", "worker=%u variant=%s status=%d rsc=%zu", h->id,
+              it.variant == ISR_SEGMENT ? "segment" : "rsc", e->status, e->rsc_len);
+    put_pass(w, h, CACHE_MISS);
+}
+
 /* Answers a servable page: from the edge (ACK variables), through the local
  * delivery path when too big for one ACK, else to the origin. */
 static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
                         enum isr_state state, enum stat_cache c)
 {
     const struct isr_entry *e = hd->e;
-    bool nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
+    bool nm;
+
+    if (p->variant != ISR_HTML) {
+        answer_rsc(h, p, w, hd, state, c);
+        return;
+    }
+    nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
 
     if (put_edge(w, p, e, state, nm)) {
         put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
@@ -513,22 +662,11 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
     put_who(w, p->conf, &p->who);
     /* Too big for one ACK: the local delivery path serves it. */
     if (h->deliver && deliver_fits(p, e)) {
-        char token[DELIVER_TOKEN_SIZE];
-        int r = hd->ref ? deliver_put(h->deliver, e, release_ref_cb, hd->ref, state, nm,
-                                      &p->conf->isr, token)
-                        : deliver_put(h->deliver, e, release_own_cb, hd->own, state, nm,
-                                      &p->conf->isr, token);
+        struct deliver_item it = {
+            .entry = e, .variant = ISR_HTML, .body = e->body, .body_len = e->body_len};
 
-        if (r == 0) {
-            memset(hd, 0, sizeof(*hd)); /* parked: the delivery server releases it */
-            put_str_var(w, VAR_ACTION, "deliver", 7);
-            put_str_var(w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
-            put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
-            metrics_counter_inc(h->stats->requests[DEC_DELIVER][c]);
-            if (nm)
-                metrics_counter_inc(h->stats->not_modified);
+        if (put_deliver(h, p, w, hd, &it, state, nm, c))
             return;
-        }
     }
     /* Not reproducible here (unknown header, odd status...): the origin serves it. */
     log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
@@ -668,7 +806,7 @@ static bool try_l1(struct handler *h, struct pending *p, const struct lookup_par
 
 /* Starts the ISR lookup; false when the request is answered now instead. */
 static bool start_lookup(struct handler *h, struct spoe_req *req, const struct request *rq,
-                         struct spoa_conf *conf, const struct who *who)
+                         enum isr_variant variant, struct spoa_conf *conf, const struct who *who)
 {
     const struct spoa_pool *pool;
     struct lookup_params lp;
@@ -699,9 +837,15 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->conf = conf;
     p->who = *who;
     p->t0 = now_mono();
+    p->variant = variant;
+    if (variant == ISR_SEGMENT) {
+        memcpy(p->segment, rq->segment_value.p, rq->segment_value.len);
+        p->segment_len = rq->segment_value.len;
+    }
     /* Next answers 304 only to If-None-Match without no-cache and without
      * If-Modified-Since (it sends no Last-Modified). */
-    if (rq->if_none_match.len && rq->if_none_match.len <= INM_MAX && !rq->if_modified_since &&
+    if (variant == ISR_HTML && rq->if_none_match.len && rq->if_none_match.len <= INM_MAX &&
+        !rq->if_modified_since &&
         !(rq->cache_control.len && isr_no_cache(rq->cache_control.p, rq->cache_control.len))) {
         memcpy(p->inm, rq->if_none_match.p, rq->if_none_match.len);
         p->inm_len = rq->if_none_match.len;
@@ -741,6 +885,7 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
     while (spoe_msg_next(&msgs, &m) == 1) {
         struct request rq;
         struct who who;
+        enum isr_variant variant;
 
         if (!arg_is(m.name, m.name_len, conf->message) || answered) {
             metrics_counter_inc(h->stats->other_messages);
@@ -754,7 +899,8 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
         /* Every request goes to its pool, assets and API calls too: a
          * canary user's /_next/static files only exist on the canary. */
         choose_pool(h, &rq, conf, &who);
-        if (who.locale >= 0 && !must_bypass(&rq, conf) && start_lookup(h, req, &rq, conf, &who))
+        if (who.locale >= 0 && !must_bypass(&rq, conf) && rsc_request(&rq, &variant) &&
+            start_lookup(h, req, &rq, variant, conf, &who))
             return; /* on_lookup() answers */
         put_who(&w, conf, &who);
         put_pass(&w, h, CACHE_BYPASS);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -37,6 +38,8 @@ struct isr_entry_priv {
     struct isr_header hdrs[ISR_MAX_ENTRY_HEADERS];
     char num[ISR_MAX_ENTRY_HEADERS][24]; /* numeric header values, formatted */
     bool has_cache_control, has_content_type;
+    unsigned char *payloads; /* rscData then every segment, decoded, one block */
+    struct isr_segment *segs;
 };
 
 const char *isr_err_str(enum isr_err err)
@@ -185,6 +188,233 @@ int isr_etag(const char *utf8, size_t len, char out[ISR_ETAG_SIZE])
     if (units < 0)
         return -1;
     return make_etag(hash, (uint64_t)units, out);
+}
+
+/* ---- base64, as Buffer#toString("base64") writes it --------------------------------
+ * Buffer.from(s, "base64") also takes URL-safe letters, whitespace, missing
+ * or misplaced padding and junk, each with its own quirks; the handler only
+ * ever writes the canonical form. Anything else is not decoded here, and the
+ * RSC requests for that entry go to the origin. */
+static int b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+/* Decoded size of canonical base64, or -1. */
+static ssize_t b64_len(const char *s, size_t n)
+{
+    size_t pad = 0;
+
+    if (n % 4)
+        return -1;
+    if (n && s[n - 1] == '=')
+        pad = n >= 2 && s[n - 2] == '=' ? 2 : 1;
+    return (ssize_t)(n / 4 * 3 - pad);
+}
+
+/* Decodes canonical base64 (padded, no other byte, zero unused bits) into
+ * out (b64_len() bytes). Returns 0, or -1. */
+static int b64_decode(const char *s, size_t n, unsigned char *out)
+{
+    size_t i, o = 0;
+
+    if (b64_len(s, n) < 0)
+        return -1;
+    for (i = 0; i < n; i += 4) {
+        int a = b64_val((unsigned char)s[i]), b = b64_val((unsigned char)s[i + 1]);
+        int c = s[i + 2] == '=' && i + 4 == n ? -2 : b64_val((unsigned char)s[i + 2]);
+        int d = s[i + 3] == '=' && i + 4 == n ? -2 : b64_val((unsigned char)s[i + 3]);
+        uint32_t v;
+
+        if (a < 0 || b < 0 || c == -1 || d == -1 || (c == -2 && d != -2))
+            return -1;
+        v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)(c < 0 ? 0 : c) << 6 |
+            (uint32_t)(d < 0 ? 0 : d);
+        out[o++] = (unsigned char)(v >> 16);
+        if (c >= 0)
+            out[o++] = (unsigned char)(v >> 8);
+        else if (v & 0xffff)
+            return -1; /* non-zero unused bits: not what Node writes */
+        if (d >= 0)
+            out[o++] = (unsigned char)v;
+        else if (c >= 0 && (v & 0xff))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- SHA-256 (FIPS 180-4), for the _rsc cache-busting parameter ------------------- */
+struct sha256 {
+    uint32_t h[8];
+    unsigned char buf[64];
+    size_t nbuf;
+    uint64_t total;
+};
+
+static const uint32_t sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+static inline uint32_t ror32(uint32_t x, unsigned n)
+{
+    return x >> n | x << (32 - n);
+}
+
+static void sha256_block(struct sha256 *c, const unsigned char *p)
+{
+    uint32_t w[64], a, b, d, e, f, g, h, cc, t1, t2;
+    int i;
+
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (i = 16; i < 64; i++)
+        w[i] = w[i - 16] + (ror32(w[i - 15], 7) ^ ror32(w[i - 15], 18) ^ w[i - 15] >> 3) +
+               w[i - 7] + (ror32(w[i - 2], 17) ^ ror32(w[i - 2], 19) ^ w[i - 2] >> 10);
+    a = c->h[0], b = c->h[1], cc = c->h[2], d = c->h[3];
+    e = c->h[4], f = c->h[5], g = c->h[6], h = c->h[7];
+    for (i = 0; i < 64; i++) {
+        t1 = h + (ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25)) + ((e & f) ^ (~e & g)) + sha_k[i] +
+             w[i];
+        t2 = (ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
+        h = g, g = f, f = e, e = d + t1;
+        d = cc, cc = b, b = a, a = t1 + t2;
+    }
+    c->h[0] += a, c->h[1] += b, c->h[2] += cc, c->h[3] += d;
+    c->h[4] += e, c->h[5] += f, c->h[6] += g, c->h[7] += h;
+}
+
+static void sha256_init(struct sha256 *c)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+    memcpy(c->h, iv, sizeof(iv));
+    c->nbuf = 0;
+    c->total = 0;
+}
+
+static void sha256_update(struct sha256 *c, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+
+    c->total += n;
+    while (n) {
+        size_t k = 64 - c->nbuf < n ? 64 - c->nbuf : n;
+
+        memcpy(c->buf + c->nbuf, p, k);
+        c->nbuf += k, p += k, n -= k;
+        if (c->nbuf == 64) {
+            sha256_block(c, c->buf);
+            c->nbuf = 0;
+        }
+    }
+}
+
+static void sha256_final(struct sha256 *c, unsigned char out[32])
+{
+    uint64_t bits = c->total * 8;
+    unsigned char len[8];
+    int i;
+
+    for (i = 0; i < 8; i++)
+        len[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(c, "\x80", 1);
+    while (c->nbuf != 56)
+        sha256_update(c, "", 1);
+    sha256_update(c, len, 8);
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(c->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)c->h[i];
+    }
+}
+
+static bool printable_ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* createCacheBustingSearchParamInput(): the four values joined by ",", an
+ * absent one as "0". Next-Url is never part of what the edge answers. */
+static void rsc_input_feed(struct sha256 *c, uint32_t *djb, const char *s, size_t n, bool comma)
+{
+    if (comma) {
+        sha256_update(c, ",", 1);
+        *djb = *djb * 33 + ',';
+    }
+    if (s == NULL) {
+        s = "0";
+        n = 1;
+    }
+    sha256_update(c, s, n);
+    for (size_t i = 0; i < n; i++)
+        *djb = *djb * 33 + (unsigned char)s[i]; /* djb2Hash(): (h << 5) + h + c, 32 bits */
+}
+
+int isr_rsc_param(const char *prefetch, size_t prefetch_len, const char *segment,
+                  size_t segment_len, const char *tree, size_t tree_len,
+                  char sha[ISR_RSC_PARAM_SIZE], char legacy[ISR_RSC_PARAM_SIZE])
+{
+    static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    struct sha256 c;
+    unsigned char d[32];
+    uint32_t djb = 5381;
+    char tmp[16];
+    size_t n, i;
+
+    sha[0] = legacy[0] = '\0';
+    if ((prefetch && !printable_ascii(prefetch, prefetch_len)) ||
+        (segment && !printable_ascii(segment, segment_len)) ||
+        (tree && !printable_ascii(tree, tree_len)))
+        return -1;
+    if ((prefetch == NULL || (prefetch_len == 1 && prefetch[0] == '0')) && segment == NULL &&
+        tree == NULL)
+        return 0;
+    sha256_init(&c);
+    rsc_input_feed(&c, &djb, prefetch, prefetch_len, false);
+    rsc_input_feed(&c, &djb, segment, segment_len, true);
+    rsc_input_feed(&c, &djb, tree, tree_len, true);
+    rsc_input_feed(&c, &djb, NULL, 0, true);
+    sha256_final(&c, d);
+    /* 12 bytes: 16 base64url characters, no padding to strip. */
+    for (i = 0, n = 0; i < 12; i += 3) {
+        uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | d[i + 2];
+
+        sha[n++] = b64url[v >> 18 & 63];
+        sha[n++] = b64url[v >> 12 & 63];
+        sha[n++] = b64url[v >> 6 & 63];
+        sha[n++] = b64url[v & 63];
+    }
+    sha[n] = '\0';
+    /* hexHash(): djb2Hash(input).toString(36).slice(0, 5) */
+    n = base36(djb, tmp);
+    if (n > 5)
+        n = 5;
+    memcpy(legacy, tmp, n);
+    legacy[n] = '\0';
+    return 0;
 }
 
 /* ---- parsing ---------------------------------------------------------------- */
@@ -463,6 +693,79 @@ static enum isr_err parse_lifespan(struct isr_entry *e, json_t *ls)
     return ISR_OK;
 }
 
+/* Decodes rscData and every segmentData member into one block. A member
+ * that is not canonical base64, or too many or too long segment paths, only
+ * make that part unservable (NULL): the HTML is still exact. */
+static enum isr_err decode_payloads(struct isr_entry *e, json_t *rsc, json_t *seg)
+{
+    struct isr_entry_priv *p = e->priv;
+    size_t total = 0, nseg = 0, i = 0;
+    bool rsc_ok = false, seg_ok = false;
+    unsigned char *at;
+    const char *k;
+    json_t *x;
+    ssize_t n;
+
+    if (e->has_rsc && (n = b64_len(json_string_value(rsc), json_string_length(rsc))) >= 0) {
+        rsc_ok = true;
+        total += (size_t)n;
+    }
+    if (e->has_segments && json_object_size(seg) <= ISR_MAX_SEGMENTS) {
+        seg_ok = true;
+        json_object_foreach(seg, k, x)
+        {
+            size_t kl = json_object_iter_key_len(json_object_key_to_iter(k));
+
+            n = b64_len(json_string_value(x), json_string_length(x));
+            if (n < 0 || kl > ISR_MAX_SEGMENT_PATH || strlen(k) != kl) {
+                seg_ok = false;
+                break;
+            }
+            total += (size_t)n + kl + 1;
+            nseg++;
+        }
+    }
+    if (!rsc_ok && !seg_ok)
+        return ISR_OK;
+    if ((p->payloads = malloc(total ? total : 1)) == NULL)
+        return ISR_NOMEM;
+    if (seg_ok && nseg && (p->segs = calloc(nseg, sizeof(*p->segs))) == NULL)
+        return ISR_NOMEM;
+    at = p->payloads;
+    if (rsc_ok) {
+        if (b64_decode(json_string_value(rsc), json_string_length(rsc), at) == 0) {
+            e->rsc = at;
+            e->rsc_len = (size_t)b64_len(json_string_value(rsc), json_string_length(rsc));
+            at += e->rsc_len;
+        }
+    }
+    if (seg_ok) {
+        json_object_foreach(seg, k, x)
+        {
+            struct isr_segment *s = &p->segs[i];
+
+            s->path_len = strlen(k);
+            memcpy(at, k, s->path_len + 1);
+            s->path = (const char *)at;
+            at += s->path_len + 1;
+            s->len = (size_t)b64_len(json_string_value(x), json_string_length(x));
+            if (b64_decode(json_string_value(x), json_string_length(x), at) < 0) {
+                seg_ok = false;
+                break;
+            }
+            s->data = at;
+            at += s->len;
+            i++;
+        }
+        if (seg_ok) {
+            e->segments = p->segs;
+            e->nsegments = nseg;
+        }
+    }
+    e->mem += total + nseg * sizeof(*p->segs);
+    return ISR_OK;
+}
+
 static enum isr_err parse_value(struct isr_entry *e, json_t *val, const struct isr_conf *conf)
 {
     json_t *kind, *html, *post, *status, *rsc, *seg, *x;
@@ -538,6 +841,13 @@ static enum isr_err parse_value(struct isr_entry *e, json_t *val, const struct i
         }
         e->has_segments = true;
     }
+    if ((err = decode_payloads(e, rsc, seg)) != ISR_OK)
+        return err;
+    /* The base64 text is not needed any more: the decoded bytes are 3/4 of it. */
+    if (e->has_rsc)
+        json_object_del(val, "rscData");
+    if (e->has_segments)
+        json_object_del(val, "segmentData");
 
     if ((err = parse_headers(e, json_object_get(val, "headers"))) != ISR_OK)
         return err;
@@ -553,6 +863,8 @@ void isr_entry_free(struct isr_entry *e)
         return;
     json_decref(e->priv->root);
     free(e->priv->tagcopy);
+    free(e->priv->payloads);
+    free(e->priv->segs);
     free(e);
 }
 
@@ -610,6 +922,14 @@ enum isr_err isr_entry_parse(const char *buf, size_t len, const struct isr_conf 
     }
     e->body_units = (size_t)units;
     make_etag(hash, (uint64_t)units, e->etag);
+    /* What stays in memory beside the fixed struct: the html, headers and
+     * tags in the JSON tree (jansson's per-value overhead counted roughly),
+     * and the decoded payloads counted in decode_payloads(). */
+    e->mem += e->body_len + 64;
+    for (size_t i = 0; i < e->ntags; i++)
+        e->mem += strlen(e->tags[i]) + 64;
+    for (size_t i = 0; i < e->nheaders; i++)
+        e->mem += strlen(e->headers[i].name) + e->headers[i].value_len + 128;
     *out = e;
     return ISR_OK;
 fail:
@@ -769,6 +1089,54 @@ int isr_headers(const struct isr_entry *e, enum isr_state st, bool not_modified,
             put(out, "Vary", "Accept-Encoding");
     }
     return 0;
+}
+
+#define RSC_CONTENT_TYPE "text/x-component"
+
+int isr_variant_headers(const struct isr_entry *e, enum isr_variant v, enum isr_state st,
+                        bool not_modified, const struct isr_conf *conf, struct isr_headers *out)
+{
+    static const struct isr_conf defaults = ISR_CONF_DEFAULT;
+    const struct isr_entry_priv *p = e->priv;
+    const char *cache = st == ISR_FRESH ? "HIT" : "STALE";
+
+    if (v == ISR_HTML)
+        return isr_headers(e, st, not_modified, conf, out);
+    if (conf == NULL)
+        conf = &defaults;
+    out->n = 0;
+    /* No ETag on these answers, so no 304 either. Only App Router pages
+     * have RSC payloads; the answers below were captured from 200 entries. */
+    if ((st != ISR_FRESH && st != ISR_STALE) || not_modified || e->kind != ISR_APP_PAGE ||
+        e->status != 200)
+        return -1;
+    cache_control(e, conf, out->cache_control, sizeof(out->cache_control));
+    /* compression adds Accept-Encoding: text/x-component is compressible. */
+    put(out, "Vary", conf->compress ? APP_VARY ", Accept-Encoding" : APP_VARY);
+    put(out, "x-nextjs-cache", cache);
+    put(out, "x-nextjs-prerender", "1");
+    if (v == ISR_SEGMENT) {
+        /* The segment branch returns before the entry's headers are replayed. */
+        put(out, "x-nextjs-postponed", "2");
+        put(out, "Cache-Control", out->cache_control);
+        put(out, "Content-Type", RSC_CONTENT_TYPE);
+        return 0;
+    }
+    for (size_t i = 0; i < e->nheaders; i++)
+        append(out, &e->headers[i]);
+    if (!p->has_cache_control)
+        put(out, "Cache-Control", out->cache_control);
+    if (!p->has_content_type)
+        put(out, "Content-Type", RSC_CONTENT_TYPE);
+    return 0;
+}
+
+const struct isr_segment *isr_segment_find(const struct isr_entry *e, const char *path, size_t len)
+{
+    for (size_t i = 0; i < e->nsegments; i++)
+        if (e->segments[i].path_len == len && memcmp(e->segments[i].path, path, len) == 0)
+            return &e->segments[i];
+    return NULL;
 }
 
 /* ---- conditional requests: compiled/fresh -------------------------------------- */

@@ -71,6 +71,18 @@ struct isr_header {
     size_t value_len;
 };
 
+/* One value.segmentData member: the segment path the client asks for in
+ * Next-Router-Segment-Prefetch ("/_tree", "/_full", ...) and its payload. */
+struct isr_segment {
+    const char *path; /* NUL-terminated */
+    size_t path_len;
+    const unsigned char *data;
+    size_t len;
+};
+
+#define ISR_MAX_SEGMENTS 256
+#define ISR_MAX_SEGMENT_PATH 1024
+
 /* A parsed, servable entry. Read-only for the caller; pointers stay valid
  * until isr_entry_free(). */
 struct isr_entry {
@@ -85,6 +97,17 @@ struct isr_entry {
     size_t body_len;
     size_t body_units; /* its length in UTF-16 code units (the ETag's length) */
     bool has_rsc, has_segments;
+    /* value.rscData and value.segmentData decoded once (the handler's
+     * Buffer.from(s, "base64")), for App Router navigations and prefetches.
+     * NULL / 0 when absent or not in the canonical base64 Node writes: such an
+     * entry still serves HTML, its RSC requests go to the origin. */
+    const unsigned char *rsc;
+    size_t rsc_len;
+    size_t nsegments;
+    const struct isr_segment *segments; /* NULL when any could not be decoded */
+    /* Heap bytes the entry holds beside struct isr_entry and its private
+     * part (the in-process cache budget), approximately. */
+    size_t mem;
     /* The tags to look up in <prefix>__revalidated_tags__: the union of
      * "tags" and the x-next-cache-tags header (equal for APP_PAGE; the handler
      * compares "tags" plus Next's implicit tags, which Next also wrote into
@@ -148,6 +171,40 @@ struct isr_headers {
  * that is not served. */
 int isr_headers(const struct isr_entry *e, enum isr_state st, bool not_modified,
                 const struct isr_conf *conf, struct isr_headers *out);
+
+/* What a request asks for, and so which body and headers answer it. */
+enum isr_variant {
+    ISR_HTML,    /* the document (value.html) */
+    ISR_RSC,     /* a client navigation or a full prefetch (value.rscData) */
+    ISR_SEGMENT, /* a segment prefetch (one value.segmentData member) */
+};
+
+/* The headers Next.js sends when it answers an RSC request from the cache
+ * (app-page-runtime.js, Next 15.5 and 16.x without PPR): for ISR_RSC the
+ * HTML set without X-Powered-By and ETag (sendRenderResult streams a Buffer:
+ * no ETag, so never a 304) and Content-Type text/x-component; for
+ * ISR_SEGMENT no entry headers, x-nextjs-postponed: 2 after
+ * x-nextjs-prerender. ISR_HTML is isr_headers(). Returns 0, or -1 when not
+ * served. */
+int isr_variant_headers(const struct isr_entry *e, enum isr_variant v, enum isr_state st,
+                        bool not_modified, const struct isr_conf *conf, struct isr_headers *out);
+
+/* The payload of a segment (exact match of the path, as Map.get), NULL when
+ * the entry has no such segment. */
+const struct isr_segment *isr_segment_find(const struct isr_entry *e, const char *path, size_t len);
+
+/* The App Router's cache-busting search parameter (_rsc), as Next >= 15.5
+ * checks it (base-server.js, validateRSCRequestHeaders): the value the client
+ * must send for these header values (NULL = header absent). Writes the
+ * SHA-256 form (base64url of the first 12 bytes, 16 characters) to sha and
+ * the legacy form (djb2, base36, at most 5 characters) to legacy, both
+ * NUL-terminated; an empty string in both when no header counts (Next then
+ * wants "_rsc" with an empty value). Returns -1 when a value is not printable
+ * ASCII (the JavaScript would hash its UTF-16 code units). */
+#define ISR_RSC_PARAM_SIZE 24
+int isr_rsc_param(const char *prefetch, size_t prefetch_len, const char *segment,
+                  size_t segment_len, const char *tree, size_t tree_len,
+                  char sha[ISR_RSC_PARAM_SIZE], char legacy[ISR_RSC_PARAM_SIZE]);
 
 /* The strong ETag Next.js computes for a body: FNV-1a 52-bit over its UTF-16
  * code units, '"' + base36(hash) + base36(units) + '"'. Writes it (NUL-

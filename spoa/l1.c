@@ -704,11 +704,9 @@ size_t l1_charge(const struct isr_entry *e, size_t keylen, size_t value_len)
 
     if (value_len)
         return c + value_len;
-    /* Unknown: the html, about as much again for rscData, the tags. */
-    c += 2 * e->body_len;
-    for (size_t i = 0; i < e->ntags; i++)
-        c += strlen(e->tags[i]) + 64;
-    return c;
+    /* Unknown: what the parsed entry says it holds (html, decoded RSC
+     * payloads, tags, headers). */
+    return c + e->mem;
 }
 
 const char *l1_put_result_str(enum l1_put_result r)

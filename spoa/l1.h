@@ -93,9 +93,9 @@ enum l1_put_result {
 const char *l1_put_result_str(enum l1_put_result r);
 
 /* Bytes charged to the budget for an entry parsed from a value of value_len
- * bytes: the value (jansson keeps the whole tree, rscData and segmentData
- * included), the parsed entry's fixed part (~9.5 KiB, measured) and the key.
- * value_len 0 = unknown: estimated from the body. */
+ * bytes: the value, the parsed entry's fixed part (~9.5 KiB, measured) and
+ * the key. value_len 0 = unknown: the entry's own count (isr_entry.mem: html,
+ * decoded rscData and segmentData, tags, headers). */
 size_t l1_charge(const struct isr_entry *e, size_t keylen, size_t value_len);
 
 /* Caches e under key (key[0..prefixlen) is the pool prefix, e.g.

@@ -96,11 +96,10 @@ struct captured {
     char value[64][256];
 };
 
-static bool load_captured(const char *variant, const char *name, struct captured *c)
+static bool load_captured_rel(const char *variant, const char *rel, struct captured *c)
 {
-    char rel[256], *buf, *line, *save = NULL;
+    char *buf, *line, *save = NULL;
 
-    snprintf(rel, sizeof(rel), "origin/%s.headers", name);
     if ((buf = load(variant, rel, NULL)) == NULL)
         return false;
     memset(c, 0, sizeof(*c));
@@ -123,6 +122,14 @@ static bool load_captured(const char *variant, const char *name, struct captured
     }
     free(buf);
     return true;
+}
+
+static bool load_captured(const char *variant, const char *name, struct captured *c)
+{
+    char rel[256];
+
+    snprintf(rel, sizeof(rel), "origin/%s.headers", name);
+    return load_captured_rel(variant, rel, c);
 }
 
 static const char *captured_get(const struct captured *c, const char *name)
@@ -1122,6 +1129,381 @@ static void test_headers_pages(void **state)
     isr_entry_free(e);
 }
 
+/* ---- App Router payloads (rscData, segmentData) ---------------------------------------
+ * tests/fixtures/isr/<variant>/rsc/ (observe_rsc.py): the entry, and what
+ * `next start` answered from it to each request, headers and body. */
+
+struct rsc_request {
+    char target[8192];
+    char prefetch[8], segment[1100], tree[6000];
+    bool has_prefetch, has_segment, has_tree;
+    const char *param; /* into target: the _rsc value, NULL when none */
+};
+
+static bool load_rsc_request(const char *variant, const char *name, struct rsc_request *r)
+{
+    char rel[256], *buf, *line, *save = NULL, *q;
+
+    snprintf(rel, sizeof(rel), "rsc/%s.request", name);
+    if ((buf = load(variant, rel, NULL)) == NULL)
+        return false;
+    memset(r, 0, sizeof(*r));
+    line = strtok_r(buf, "\n", &save);
+    assert_non_null(line);
+    assert_int_equal(sscanf(line, "GET %8191s", r->target), 1);
+    while ((line = strtok_r(NULL, "\n", &save)) != NULL) {
+        char *colon = strchr(line, ':');
+
+        assert_non_null(colon);
+        *colon = '\0';
+        if (strcasecmp(line, "next-router-prefetch") == 0) {
+            snprintf(r->prefetch, sizeof(r->prefetch), "%s", colon + 2);
+            r->has_prefetch = true;
+        } else if (strcasecmp(line, "next-router-segment-prefetch") == 0) {
+            snprintf(r->segment, sizeof(r->segment), "%s", colon + 2);
+            r->has_segment = true;
+        } else if (strcasecmp(line, "next-router-state-tree") == 0) {
+            assert_true(strlen(colon + 2) < sizeof(r->tree));
+            snprintf(r->tree, sizeof(r->tree), "%s", colon + 2);
+            r->has_tree = true;
+        }
+    }
+    free(buf);
+    if ((q = strstr(r->target, "?_rsc")) != NULL)
+        r->param = q[5] == '=' ? q + 6 : q + 5;
+    return true;
+}
+
+static bool rsc_param_matches(const struct rsc_request *r)
+{
+    char sha[ISR_RSC_PARAM_SIZE], legacy[ISR_RSC_PARAM_SIZE];
+
+    assert_int_equal(isr_rsc_param(r->has_prefetch ? r->prefetch : NULL, strlen(r->prefetch),
+                                   r->has_segment ? r->segment : NULL, strlen(r->segment),
+                                   r->has_tree ? r->tree : NULL, strlen(r->tree), sha, legacy),
+                     0);
+    return r->param && (strcmp(r->param, sha) == 0 || strcmp(r->param, legacy) == 0);
+}
+
+static struct isr_entry *load_rsc_entry(const char *variant)
+{
+    size_t len;
+    char *buf = load(variant, "rsc/value.json", &len);
+    struct isr_entry *e = NULL;
+
+    if (buf == NULL)
+        return NULL;
+    assert_int_equal(isr_entry_parse(buf, len, NULL, &e), ISR_OK);
+    free(buf);
+    return e;
+}
+
+static void assert_body(const char *variant, const char *name, const void *data, size_t len)
+{
+    char rel[256];
+    size_t n;
+    char *body;
+
+    snprintf(rel, sizeof(rel), "rsc/%s.body", name);
+    body = load(variant, rel, &n);
+    assert_non_null(body);
+    if (n != len || (n && memcmp(body, data, n) != 0))
+        fail_msg("%s %s: %zu bytes decoded, Next sent %zu", variant, name, len, n);
+    free(body);
+}
+
+/* The decoded rscData is what Next sent to a navigation and a full prefetch,
+ * with the same headers, and its _rsc check accepts exactly what Next did. */
+static void test_fixture_rsc_navigation(void **state)
+{
+    static const char *const ok[] = {"nav", "nav-notree", "prefetch"};
+    unsigned seen = 0;
+
+    need_fixtures();
+    for (size_t v = 0; v < NVARIANTS; v++) {
+        struct isr_entry *e = load_rsc_entry(variants[v]);
+        struct isr_headers h;
+        struct captured c;
+        struct rsc_request r;
+
+        if (e == NULL)
+            continue;
+        seen++;
+        assert_true(e->has_rsc);
+        assert_non_null(e->rsc);
+        for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+            char rel[128];
+
+            snprintf(rel, sizeof(rel), "rsc/%s.headers", ok[i]);
+            assert_true(load_captured_rel(variants[v], rel, &c));
+            assert_int_equal(c.status, 200);
+            assert_string_equal(captured_get(&c, "x-nextjs-cache"), "HIT");
+            assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), 0);
+            assert_headers_equal(ok[i], &h, &c, false);
+            assert_body(variants[v], ok[i], e->rsc, e->rsc_len);
+            assert_true(load_rsc_request(variants[v], ok[i], &r));
+            if (!rsc_param_matches(&r))
+                fail_msg("%s %s: _rsc=%s not accepted", variants[v], ok[i], r.param);
+        }
+        /* Next 16 redirects these (307); Next 15 does not check: either way
+         * the edge must not accept them. */
+        for (size_t i = 0; i < 2; i++) {
+            const char *name = i ? "nav-wrong-rsc" : "nav-missing-rsc";
+
+            assert_true(load_rsc_request(variants[v], name, &r));
+            assert_false(rsc_param_matches(&r));
+            assert_true(load_captured_rel(
+                variants[v], i ? "rsc/nav-wrong-rsc.headers" : "rsc/nav-missing-rsc.headers", &c));
+            if (e->has_segments) /* Next 16 */
+                assert_int_equal(c.status, 307);
+        }
+        /* The legacy (djb2) form: Next 16 accepted it with a 200. */
+        assert_true(load_rsc_request(variants[v], "nav-legacy", &r));
+        assert_true(load_captured_rel(variants[v], "rsc/nav-legacy.headers", &c));
+        assert_int_equal(c.status, 200);
+        assert_true(rsc_param_matches(&r));
+        assert_body(variants[v], "nav-legacy", e->rsc, e->rsc_len);
+        /* Decoded payloads count in the in-process cache budget. */
+        assert_true(e->mem >= e->body_len + e->rsc_len);
+        isr_entry_free(e);
+    }
+    if (!seen)
+        skip();
+}
+
+/* Each segment of segmentData is what Next sent for it, with its headers;
+ * Next 15 (no segmentData) answers a segment prefetch with the rscData. */
+static void test_fixture_rsc_segments(void **state)
+{
+    unsigned seen = 0;
+
+    need_fixtures();
+    for (size_t v = 0; v < NVARIANTS; v++) {
+        struct isr_entry *e = load_rsc_entry(variants[v]);
+        struct isr_headers h;
+        struct captured c;
+        struct rsc_request r;
+        size_t found = 0;
+
+        if (e == NULL)
+            continue;
+        for (int i = 0; i < 64; i++) {
+            char name[32], rel[64];
+            const struct isr_segment *sg;
+
+            snprintf(name, sizeof(name), "seg-%d", i);
+            if (!load_rsc_request(variants[v], name, &r))
+                break;
+            assert_true(r.has_segment);
+            assert_true(rsc_param_matches(&r));
+            snprintf(rel, sizeof(rel), "rsc/%s.headers", name);
+            assert_true(load_captured_rel(variants[v], rel, &c));
+            assert_int_equal(c.status, 200);
+            sg = isr_segment_find(e, r.segment, strlen(r.segment));
+            if (!e->has_segments) {
+                assert_null(sg);
+                assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), 0);
+                assert_headers_equal(name, &h, &c, false);
+                assert_body(variants[v], name, e->rsc, e->rsc_len);
+                continue;
+            }
+            assert_non_null(sg);
+            found++;
+            assert_int_equal(isr_variant_headers(e, ISR_SEGMENT, ISR_FRESH, false, NULL, &h), 0);
+            assert_headers_equal(name, &h, &c, false);
+            assert_body(variants[v], name, sg->data, sg->len);
+        }
+        if (e->has_segments) {
+            assert_int_equal(found, e->nsegments);
+            /* A path the entry lacks: Next sends an empty 404, the edge has none. */
+            assert_true(load_rsc_request(variants[v], "seg-unknown", &r));
+            assert_null(isr_segment_find(e, r.segment, strlen(r.segment)));
+            assert_true(load_captured_rel(variants[v], "rsc/seg-unknown.headers", &c));
+            assert_int_equal(c.status, 404);
+            seen++;
+        }
+        isr_entry_free(e);
+    }
+    if (!seen)
+        skip();
+}
+
+#define RSC_VALUE(rsc, seg)                                                                        \
+    "{\"kind\":\"APP_PAGE\",\"html\":\"<p>x</p>\",\"rscData\":" rsc ",\"headers\":{"               \
+    "\"x-nextjs-stale-time\":\"300\"},\"segmentData\":" seg "}"
+
+static struct isr_entry *parse_value_str(const char *value)
+{
+    char *s = entry_json(LM, LIFESPAN, TAGS, value);
+    struct isr_entry *e = NULL;
+
+    assert_int_equal(parse_str(s, &e), ISR_OK);
+    free(s);
+    return e;
+}
+
+/* Only the canonical base64 Node writes is decoded; anything else leaves
+ * the payload unservable (NULL) and the HTML intact. */
+static void test_rsc_base64(void **state)
+{
+    static const struct {
+        const char *rsc;
+        const char *want; /* NULL: not decoded */
+        size_t len;
+    } cases[] = {
+        {"\"aGVsbG8K\"", "hello\n", 6},
+        {"\"aGVsbG8=\"", "hello", 5},
+        {"\"aGVsbA==\"", "hell", 4},
+        {"\"\"", "", 0},
+        {"\"AAEC/w==\"", "\x00\x01\x02\xff", 4},
+        {"\"aGVsbG8\"", NULL, 0},   /* padding missing */
+        {"\"aGVsbG9=\"", NULL, 0},  /* unused bits set */
+        {"\"aGVsbB==\"", NULL, 0},  /* unused bits set */
+        {"\"aGV sbG8=\"", NULL, 0}, /* blank */
+        {"\"aGVs-G8=\"", NULL, 0},  /* URL-safe alphabet */
+        {"\"aG=sbG8=\"", NULL, 0},  /* padding inside */
+        {"\"aGVsbG8=aGVs\"", NULL, 0},
+        {"\"====\"", NULL, 0},
+        {"\"aGVsbG8K\\n\"", NULL, 0},
+    };
+    char value[512];
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct isr_entry *e;
+
+        snprintf(value, sizeof(value), RSC_VALUE("%s", "{\"/_tree\":%s}"), cases[i].rsc,
+                 cases[i].rsc);
+        e = parse_value_str(value);
+        assert_string_equal(e->body, "<p>x</p>");
+        assert_true(e->has_rsc);
+        assert_true(e->has_segments);
+        if (cases[i].want == NULL) {
+            assert_null(e->rsc);
+            assert_null(e->segments);
+            assert_int_equal(e->nsegments, 0);
+            assert_null(isr_segment_find(e, "/_tree", 6));
+        } else {
+            assert_non_null(e->rsc);
+            assert_int_equal(e->rsc_len, cases[i].len);
+            assert_memory_equal(e->rsc, cases[i].want, cases[i].len);
+            assert_int_equal(e->nsegments, 1);
+            assert_non_null(isr_segment_find(e, "/_tree", 6));
+            assert_int_equal(isr_segment_find(e, "/_tree", 6)->len, cases[i].len);
+        }
+        isr_entry_free(e);
+    }
+}
+
+static void test_rsc_segments_limits(void **state)
+{
+    struct isr_entry *e;
+    char *value, *p;
+    size_t n = 64 + (ISR_MAX_SEGMENTS + 1) * 32 + 2 * ISR_MAX_SEGMENT_PATH;
+
+    /* One bad member makes every segment unservable, rscData stays. */
+    e = parse_value_str(RSC_VALUE("\"eA==\"", "{\"/_tree\":\"eA==\",\"/_full\":\"e\"}"));
+    assert_non_null(e->rsc);
+    assert_null(e->segments);
+    isr_entry_free(e);
+    /* Lookup is exact: no prefix, no case folding, NUL-safe lengths. */
+    e = parse_value_str(RSC_VALUE("\"eA==\"", "{\"/_tree\":\"eQ==\",\"/_full\":\"\"}"));
+    assert_int_equal(e->nsegments, 2);
+    assert_memory_equal(isr_segment_find(e, "/_tree", 6)->data, "y", 1);
+    assert_int_equal(isr_segment_find(e, "/_full", 6)->len, 0);
+    assert_null(isr_segment_find(e, "/_tre", 5));
+    assert_null(isr_segment_find(e, "/_TREE", 6));
+    assert_null(isr_segment_find(e, "/_tree/", 7));
+    isr_entry_free(e);
+    /* Absent or null: nothing to serve, HTML still fine. */
+    e = parse_value_str("{\"kind\":\"APP_PAGE\",\"html\":\"<p>x</p>\",\"rscData\":null}");
+    assert_false(e->has_rsc);
+    assert_null(e->rsc);
+    assert_false(e->has_segments);
+    isr_entry_free(e);
+    /* Too many segments, and a path over the limit: unservable. */
+    value = malloc(n);
+    assert_non_null(value);
+    p = value + sprintf(value, "{\"kind\":\"APP_PAGE\",\"html\":\"x\",\"segmentData\":{");
+    for (int i = 0; i <= ISR_MAX_SEGMENTS; i++)
+        p += sprintf(p, "%s\"/s%d\":\"eA==\"", i ? "," : "", i);
+    strcpy(p, "}}");
+    e = parse_value_str(value);
+    assert_true(e->has_segments);
+    assert_null(e->segments);
+    isr_entry_free(e);
+    p = value + sprintf(value, "{\"kind\":\"APP_PAGE\",\"html\":\"x\",\"segmentData\":{\"/");
+    memset(p, 'a', ISR_MAX_SEGMENT_PATH);
+    strcpy(p + ISR_MAX_SEGMENT_PATH, "\":\"eA==\"}}");
+    e = parse_value_str(value);
+    assert_null(e->segments);
+    isr_entry_free(e);
+    free(value);
+}
+
+/* Only 200 App Router entries, HIT or STALE, no 304. */
+static void test_rsc_headers(void **state)
+{
+    struct isr_entry *e = parse_value_str(RSC_VALUE("\"eA==\"", "{\"/_tree\":\"eA==\"}"));
+    struct isr_conf conf = ISR_CONF_DEFAULT;
+    struct isr_headers h;
+    char *s;
+
+    assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_STALE, false, NULL, &h), 0);
+    assert_string_equal(h.h[1].value, "STALE");
+    assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, true, NULL, &h), -1);
+    assert_int_equal(isr_variant_headers(e, ISR_SEGMENT, ISR_EXPIRED, false, NULL, &h), -1);
+    /* compress off: no Accept-Encoding in Vary; no X-Powered-By ever. */
+    conf.compress = false;
+    assert_int_equal(isr_variant_headers(e, ISR_SEGMENT, ISR_FRESH, false, &conf, &h), 0);
+    assert_string_equal(h.h[0].value, "rsc, next-router-state-tree, next-router-prefetch, "
+                                      "next-router-segment-prefetch");
+    for (size_t i = 0; i < h.n; i++)
+        assert_true(strcasecmp(h.h[i].name, "x-powered-by") != 0 &&
+                    strcasecmp(h.h[i].name, "etag") != 0);
+    /* HTML is isr_headers(). */
+    assert_int_equal(isr_variant_headers(e, ISR_HTML, ISR_FRESH, false, NULL, &h), 0);
+    assert_string_equal(h.h[h.n - 1].value, "text/html; charset=utf-8");
+    isr_entry_free(e);
+    s = entry_json(LM, LIFESPAN, TAGS,
+                   "{\"kind\":\"APP_PAGE\",\"html\":\"x\",\"rscData\":\"eA==\",\"status\":404}");
+    assert_int_equal(parse_str(s, &e), ISR_OK);
+    assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), -1);
+    isr_entry_free(e);
+    free(s);
+}
+
+/* Vectors from Next's own module:
+ *   node -e 'const m=require("next/dist/shared/lib/router/utils/cache-busting-search-param");
+ *            m.computeCacheBustingSearchParam(P,S,T,undefined).then(console.log);
+ *            console.log(m.computeLegacyCacheBustingSearchParam(P,S,T,undefined))'
+ * (next 16.4.6; the same file in 15.5.29). */
+static void test_rsc_param_vectors(void **state)
+{
+    static const struct {
+        const char *prefetch, *segment, *tree, *sha, *legacy;
+    } v[] = {
+        {NULL, NULL, "abc", "4B5IQ79JBcDQUWUq", "i557j"},
+        {NULL, NULL, "ab,null", "M2I91AlpZvegHdoD", "iy53h"},
+        {"1", "/_tree", NULL, "_i_aeImnuN6u1u1r", "1r34m"},
+        {NULL, NULL, NULL, "", ""},
+        {"0", NULL, NULL, "", ""},
+    };
+    char sha[ISR_RSC_PARAM_SIZE], legacy[ISR_RSC_PARAM_SIZE];
+
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        assert_int_equal(isr_rsc_param(v[i].prefetch, v[i].prefetch ? strlen(v[i].prefetch) : 0,
+                                       v[i].segment, v[i].segment ? strlen(v[i].segment) : 0,
+                                       v[i].tree, v[i].tree ? strlen(v[i].tree) : 0, sha, legacy),
+                         0);
+        if (v[i].sha)
+            assert_string_equal(sha, v[i].sha);
+        assert_string_equal(legacy, v[i].legacy);
+    }
+    /* Non-ASCII or control bytes: the JS hashes UTF-16 units; refused. */
+    assert_int_equal(isr_rsc_param(NULL, 0, NULL, 0, "caf\xc3\xa9", 5, sha, legacy), -1);
+    assert_int_equal(isr_rsc_param(NULL, 0, "/a\n", 3, NULL, 0, sha, legacy), -1);
+}
+
 static void test_err_str(void **state)
 {
     for (int i = ISR_OK; i <= ISR_NOMEM; i++)
@@ -1157,6 +1539,12 @@ int main(void)
         cmocka_unit_test(test_headers_conf),
         cmocka_unit_test(test_headers_entry),
         cmocka_unit_test(test_headers_pages),
+        cmocka_unit_test(test_fixture_rsc_navigation),
+        cmocka_unit_test(test_fixture_rsc_segments),
+        cmocka_unit_test(test_rsc_base64),
+        cmocka_unit_test(test_rsc_segments_limits),
+        cmocka_unit_test(test_rsc_headers),
+        cmocka_unit_test(test_rsc_param_vectors),
         cmocka_unit_test(test_err_str),
     };
 
