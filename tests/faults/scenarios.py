@@ -59,19 +59,23 @@ class AgentKill(Scenario):
 
 
 class HaproxyReload(Scenario):
-    name, what = "haproxy_reload", "a new HAProxy with -sf <old pid> (reload)"
+    name, what = ("haproxy_reload", "show servers state saved to CEDRA_SERVER_STATE_FILE, a new "
+                  "HAProxy with -sf <old pid> (reload)")
 
     def inject(self, stk, ctx):
+        stk.save_server_state()
         stk.start_haproxy(replace=stk.hap)
 
 
 class HaproxyRestart(Scenario):
-    name, what = "haproxy_restart", "HAProxy soft-stopped (SIGUSR1, waited), then started again"
+    name, what = ("haproxy_restart", "show servers state saved, HAProxy soft-stopped (SIGUSR1, "
+                  "waited), then started again")
     planned_down = True
 
     def inject(self, stk, ctx):
         old = stk.hap
         old.expect_rc = None
+        stk.save_server_state()
         # a soft stop closes the listener at once, then finishes what is in flight
         ctx.down_from = ctx.now()
         old.signal(signal.SIGUSR1)

@@ -187,6 +187,7 @@ class Stack(object):
             "CEDRA_STABLE_SLOTS": str(STABLE_SLOTS),
             "CEDRA_CANARY_SLOTS": str(CANARY_SLOTS),
             "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % self.deliver_port,
+            "CEDRA_SERVER_STATE_FILE": env.path("haproxy-servers.state"),
         }
         self.start_haproxy()
 
@@ -251,6 +252,17 @@ class Stack(object):
                  "stats-socket %s" % self.spoa_sock,
                  "session-cookie sid"]
         self.spoa = self.env.start_spoa(port=self.spoa_port, threads=2, extra="\n".join(extra))
+
+    def save_server_state(self):
+        """The reload procedure haproxy.cfg documents: the slots' state goes to
+        CEDRA_SERVER_STATE_FILE, which the next process loads."""
+        text = unix_command(self.hap_sock, "show servers state")
+        if not text.startswith("1\n"):
+            raise RuntimeError("show servers state: %r" % text[:200])
+        path = self.hap_env["CEDRA_SERVER_STATE_FILE"]
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
 
     def start_haproxy(self, replace=None):
         """The shipped haproxy.cfg. replace: the running HAProxy to hand over
