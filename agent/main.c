@@ -209,6 +209,9 @@ static int check_permissions(const struct agent_conf *c)
         privs_check_socket(&r, &owner, "stats-socket", c->stats_socket, c->stats_mode,
                            PRIVS_SOCK_ADMIN);
     }
+    privs_check_client_socket(&r, &c->privs, "haproxy-socket", c->haproxy_socket);
+    if (c->spoa_socket[0])
+        privs_check_client_socket(&r, &c->privs, "spoa-socket", c->spoa_socket);
     if (r.errors) {
         fprintf(stderr, "cedra-agent: configuration has %u error(s) and %u warning(s)\n", r.errors,
                 r.warnings);

@@ -293,3 +293,46 @@ void privs_check_socket(struct privs_report *r, const struct privs *p, const cha
                "process's socket, or a stale one: remove it)",
                what, path, (unsigned)st.st_uid, (unsigned)uid, r->prog);
 }
+
+/* Connecting takes write permission, judged as the kernel does: owner bits
+ * for the owner, else group bits for a member, else other bits. */
+static bool may_connect(const struct privs *p, const struct stat *st)
+{
+    uid_t uid = privs_run_uid(p);
+    gid_t gid = privs_run_gid(p), groups[64];
+    int n = 64;
+
+    if (uid == 0)
+        return true;
+    if (st->st_uid == uid)
+        return st->st_mode & S_IWUSR;
+    if (st->st_gid == gid)
+        return st->st_mode & S_IWGRP;
+    if (p->has_user && p->user_known) {
+        if (getgrouplist(p->user, gid, groups, &n) < 0)
+            n = 0;
+    } else if (!p->has_user) {
+        n = getgroups(64, groups);
+    } else {
+        n = 0;
+    }
+    for (int i = 0; i < n; i++)
+        if (groups[i] == st->st_gid)
+            return st->st_mode & S_IWGRP;
+    return st->st_mode & S_IWOTH;
+}
+
+void privs_check_client_socket(struct privs_report *r, const struct privs *p, const char *what,
+                               const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
+        return;
+    if (!may_connect(p, &st))
+        report(r, false,
+               "%s %s: uid %u cannot connect (owner %u, group %u, mode %04o): give the socket "
+               "to that user, or to a group of it with mode 0660",
+               what, path, (unsigned)privs_run_uid(p), (unsigned)st.st_uid, (unsigned)st.st_gid,
+               (unsigned)(st.st_mode & 07777));
+}

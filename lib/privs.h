@@ -89,4 +89,9 @@ void privs_check_conf(struct privs_report *r, const struct privs *p);
 void privs_check_socket(struct privs_report *r, const struct privs *p, const char *what,
                         const char *path, unsigned mode, enum privs_sock_kind kind);
 
+/* A socket the daemon connects to (HAProxy's or cedra-spoa's operator
+ * socket): when it exists, whether the user the daemon runs as may connect. */
+void privs_check_client_socket(struct privs_report *r, const struct privs *p, const char *what,
+                               const char *path);
+
 #endif

@@ -453,6 +453,19 @@ class CheckPermissionsTest(unittest.TestCase):
             ("dir", base + "stats-socket %s/a.sock\n" % self.sock_dir(0o777), 1, r"\[ALERT\].*sticky"),
             ("user-root", "service storefront\nmetrics none\nuser 0\n", 1, r"\[ALERT\].*is root"),
         ]
+        if os.geteuid() == 0 and NOBODY:
+            # HAProxy's socket as HAProxy makes it (root, 0600): the dropped
+            # agent could not drive it; a group it is in with 0660 works.
+            hsock = os.path.join(safe, "haproxy.sock")
+            bound_unix_socket(hsock, 0, 0)
+            os.chmod(hsock, 0o600)
+            conf = base.replace("allow-root\n", "user nobody\n") + "haproxy-socket %s\n" % hsock
+            cases.append(("haproxy-socket-unreachable", conf, 0,
+                          r"\[WARNING\] haproxy-socket .*uid %d cannot connect" % NOBODY.pw_uid))
+            hsock2 = os.path.join(safe, "haproxy2.sock")
+            bound_unix_socket(hsock2, 0, NOBODY.pw_gid)
+            os.chmod(hsock2, 0o660)
+            cases.append(("haproxy-socket-group", conf.replace(hsock, hsock2), 0, None))
         for name, text, rc, pattern in cases:
             with self.subTest(case=name):
                 got, err, out = self.check(agent_bin(), text)
