@@ -189,6 +189,8 @@ int spoa_conf_set_pool(struct spoa_conf *c, int argc, char **argv, char *err, si
                 c->npools--;
                 break;
             }
+        if (!strcmp(argv[0], "canary"))
+            c->canary_known = true;
         return 0;
     }
     if (argc == 3 && !strcmp(argv[0], "canary") && !strcmp(argv[1], "weight")) {
@@ -216,6 +218,8 @@ int spoa_conf_set_pool(struct spoa_conf *c, int argc, char **argv, char *err, si
     else
         c->npools++;
     c->pools[i] = np;
+    if (!strcmp(np.name, "canary"))
+        c->canary_known = true;
     /* The stable pool comes first: requests without a pin use pools[0]. */
     if (i > 0 && !strcmp(np.name, "stable")) {
         np = c->pools[0];

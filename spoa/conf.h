@@ -66,6 +66,9 @@ struct spoa_conf {
     struct spoa_pool pools[SPOA_MAX_POOLS];
     unsigned npools;
     unsigned canary_weight; /* percent of new users pinned to the canary pool */
+    /* Set by "set pool canary off|key-prefix ...": until then (after a start or a
+     * reload) a missing canary pool may only mean cedra-agent has not spoken yet. */
+    bool canary_known;
     struct isr_conf isr;
     unsigned lock_ms; /* revalidation lock of a stale page */
     char lock_prefix[64];

@@ -105,7 +105,7 @@ struct held {
 /* Who the request is for: its locale and the pool (build) it is pinned to. */
 struct who {
     int locale; /* -1: none */
-    int pool;   /* index in conf->pools, -1: no pools configured */
+    int pool;   /* index in conf->pools, -1: no pools configured, POOL_UNKNOWN_CANARY */
     bool pin;   /* a (new) pin cookie must be set */
     char pin_value[PIN_MAX];
 };
@@ -238,10 +238,16 @@ static void put_locale(struct spoe_wbuf *w, const struct spoa_conf *conf, int lo
         put_str_var(w, VAR_LOCALE, conf->locales.name[loc], conf->locales.len[loc]);
 }
 
+/* A canary pin while the canary's state is not known yet: passed to the canary
+ * backend, which HAProxy uses only while it has a usable server. */
+#define POOL_UNKNOWN_CANARY (-2)
+
 /* Locale, pool and, for a new pin, the cookie value HAProxy sets. */
 static void put_who(struct spoe_wbuf *w, const struct spoa_conf *conf, const struct who *who)
 {
     put_locale(w, conf, who->locale);
+    if (who->pool == POOL_UNKNOWN_CANARY)
+        put_str_var(w, VAR_POOL, "canary", strlen("canary"));
     if (who->pool >= 0) {
         const char *name = conf->pools[who->pool].name;
 
@@ -275,6 +281,13 @@ static void choose_pool(struct handler *h, const struct request *rq, const struc
 
     who->pool = conf->npools ? 0 : -1;
     who->pin = false;
+    /* Restarted or reloaded, cedra-spoa knows only the file's pools until
+     * cedra-agent pushes the canary: a canary user is not moved to stable
+     * meanwhile (nor served stable pages from the edge). */
+    if (!canary && !conf->canary_known && conf->npools && rq->cookie.len &&
+        cookie_get(rq->cookie.p, rq->cookie.len, POOL_COOKIE, &v, &vl) && vl > 7 &&
+        memcmp(v, "canary.", 7) == 0)
+        who->pool = POOL_UNKNOWN_CANARY;
     if (!canary)
         return;
     if (rq->cookie.len && cookie_get(rq->cookie.p, rq->cookie.len, POOL_COOKIE, &v, &vl)) {
