@@ -174,19 +174,23 @@ def parse_responses(raw, head_request=False):
     return out
 
 
-def send_raw(port, data, timeout=T):
+def send_raw(port, data, timeout=T, half_close=False):
+    """Sends data, returns what came back until EOF (or the timeout: a server
+    still waiting for the rest of a request answers nothing)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     chunks = []
     try:
         try:
             s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 d = s.recv(65536)
-            except ConnectionResetError:
+            except (ConnectionResetError, socket.timeout):
                 break
             if not d:
                 break
@@ -922,7 +926,8 @@ class SpoaOpsockHostileTest(OpsockHostileBase, HaproxyCase):
     def setUp(self):
         super().setUp()
         self.sock_path = self.env.path("spoa.sock")
-        self.start_stack(extra="stats-socket %s" % self.sock_path)
+        self.mport = harness.free_port()
+        self.start_stack(extra="stats-socket %s\nmetrics 127.0.0.1:%d" % (self.sock_path, self.mport))
         self.wait_spoa_check()
         self.daemon = self.agent
         self.pid = self.agent.pid
@@ -940,6 +945,60 @@ class SpoaOpsockHostileTest(OpsockHostileBase, HaproxyCase):
 
     def test_spoa_operator_socket_abuse(self):
         self.run_opsock_corpus("cedra-spoa")
+
+    def metrics_ok(self):
+        resps = parse_responses(send_raw(self.mport, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        return bool(resps) and resps[0].status == 200 and b"cedra_" in resps[0].body
+
+    def test_metrics_endpoint_abuse(self):
+        spec = corpus("metrics_http.json")
+        for case in spec["cases"]:
+            with self.subTest(case=case["id"]):
+                raw = send_raw(self.mport, lat(expand(case["raw"])), half_close=True)
+                resps = parse_responses(raw)
+                if case["expect"] == "ok":
+                    self.assertTrue(resps and resps[0].status == 200, "%s: %r" % (case["id"], raw[:200]))
+                elif case["expect"] == "refused":
+                    self.assertTrue(not resps or resps[0].status >= 400, "%s: %r" % (case["id"], raw[:200]))
+                self.assertTrue(self.metrics_ok(), "/metrics not served after %s" % case["id"])
+                self.healthy_http(case["id"])
+        # Slow clients: connections that send half a request and wait.
+        def slow_clients(n):
+            out = []
+            for _ in range(n):
+                s = socket.create_connection(("127.0.0.1", self.mport), timeout=T)
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                out.append(s)
+            return out
+        slow = slow_clients(spec["slow_clients"])
+        try:
+            self.assertTrue(self.metrics_ok(), "/metrics not served with %d slow clients" % len(slow))
+            self.healthy("%d slow /metrics clients" % len(slow))
+        finally:
+            for s in slow:
+                s.close()
+        # More than the listener takes: everything else is served meanwhile,
+        # /metrics again within its connection timeout (10 s) once they are
+        # gone, and a SIGTERM while they hold it is not held up.
+        slow = slow_clients(spec["burst_clients"])
+        try:
+            self.healthy("a burst of %d slow /metrics clients" % len(slow))
+        finally:
+            for s in slow:
+                s.close()
+        harness.wait_until(self.metrics_ok, 12 * SF, interval=0.2, what="/metrics after a burst of slow clients")
+        slow = slow_clients(spec["burst_clients"])
+        try:
+            t0 = time.monotonic()
+            self.agent.signal(signal.SIGTERM)
+            self.agent.popen.wait(10 * SF)
+            took = time.monotonic() - t0
+        finally:
+            for s in slow:
+                s.close()
+        self.assertEqual(self.agent.popen.returncode, 0)
+        print("\nSIGTERM with %d slow /metrics clients connected: exit after %.2f s" % (len(slow), took))
+        self.assertLess(took, 3.0 * SF, "SIGTERM took %.1f s with slow /metrics clients" % took)
 
 
 class AgentOpsockHostileTest(OpsockHostileBase, harness.IntegrationTestCase):
