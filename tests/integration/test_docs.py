@@ -87,5 +87,37 @@ class DocsTest(unittest.TestCase):
             self.assertRegex(text, r"\.BI? %s\b" % re.escape(flag), flag)
 
 
+class ReadmeTest(unittest.TestCase):
+    """Issue 7: the README says what the project is, shows the picture, the two
+    commands, how to deploy on Nomad, the configuration, and links the
+    operations guide; every repository path it names exists."""
+
+    def test_sections_and_commands(self):
+        text = read("README.md")
+        heads = re.findall(r"^## (.+)$", text, re.M)
+        for h in ("The picture", "Quick start", "Deploying on Nomad", "Configuration",
+                  "Documentation"):
+            self.assertIn(h, heads)
+        quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+        self.assertRegex(quick, r"(?m)^\./scripts/demo\.sh\b")
+        self.assertRegex(quick, r"(?m)^\./tests/run\.sh\b")
+        picture = text.split("## The picture", 1)[1].split("\n## ", 1)[0]
+        for part in ("HAProxy", "cedra-spoa", "cedra-agent", "Valkey", "Consul", "storefront_canary"):
+            self.assertIn(part, picture)
+        self.assertIn("docs/operations.md", text)
+        self.assertIn("nomad/README.md", text.split("## Deploying on Nomad", 1)[1])
+
+    def test_paths_exist(self):
+        text = read("README.md")
+        paths = set(re.findall(
+            r"(?<![\w/.$])((?:\./)?(?:docs|nomad|haproxy|scripts|tests|bench|spoa|agent|lib)/"
+            r"[\w./-]*[\w/])", text))
+        self.assertGreater(len(paths), 10)
+        missing = sorted(p for p in paths if not os.path.exists(os.path.join(harness.REPO, p)))
+        self.assertEqual(missing, [])
+        for var in re.findall(r"`(CEDRA_DEMO_[A-Z]+)`", text):
+            self.assertIn(var, read("scripts/demo.sh"), var)
+
+
 if __name__ == "__main__":
     unittest.main()
