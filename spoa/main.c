@@ -245,6 +245,9 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     c->has_metrics = d->conf->has_metrics;
     c->metrics = d->conf->metrics;
     memcpy(c->stats_socket, d->conf->stats_socket, sizeof(c->stats_socket));
+    /* "No canary", as cedra-agent said it, still holds; a canary it pushed is
+     * gone with the file's pools until it pushes it again. */
+    c->canary_known = d->conf->canary_known && !spoa_conf_pool(d->conf, "canary");
     log_set_level(c->log_level);
     publish(d, c);
     log_notice("reloaded", "file=%s locales=%u", d->conf_path, c->locales.n);

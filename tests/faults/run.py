@@ -312,6 +312,73 @@ def run_scenario(stk, scen, prof, seed):
     return row
 
 
+# ---- self-check ----------------------------------------------------------------------------
+def self_check():
+    """The judges on made-up answers and log lines, each of which must get
+    its verdict: the must-be-0 cells can only be 0 if the checks can fire."""
+    def ans(user, path, status=200, build=None, lang=None, page=None, pins=(), rendered=None,
+            rid=None, t0=100.0, cport=1000, kind=None):
+        a = ld.Answer()
+        a.user, a.path, a.status, a.build, a.lang, a.page = user, path, status, build, lang, page
+        a.kind = kind or ("health" if path == "/api/health" else
+                          "product" if "/products/" in path else "page")
+        parts = path.split("/")
+        a.locale = parts[1] if a.kind != "health" else None
+        a.slug = parts[3] if a.kind == "product" else None
+        a.pins, a.rendered_at, a.render_id = list(pins), rendered, rid
+        a.t0, a.t1, a.t0_wall, a.cport = t0, t0 + 0.01, 1000.0, cport
+        a.error = a.cache = a.verdict = a.why = None
+        a.retried = False
+        return a
+    rv = ld.Revalidation("stable", "chair", t_call_wall=500.0, t_call_mono=50.0)
+    rv.t_done_mono = 51.0
+    rv.timeline["nl"] = [(51.0, None), (52.0, "old-rid")]
+    pc = "/fr/products/chair"
+    cases = [
+        (ans("canary", "/fr/about", build="canary", lang="fr", page="about:fr"), "ok"),
+        (ans("canary", "/fr/about", build="stable", lang="fr", page="about:fr"), "wrong"),
+        (ans("stable", "/api/health", build="canary"), "wrong"),
+        (ans("new", "/api/health", build="stable", pins=["canary.canary"]), "wrong"),
+        (ans("new", "/nl", build="canary", lang="nl", page="home:nl", pins=["canary.canary"]),
+         "ok"),
+        (ans("stable", "/nl/about", build="stable", lang="fr", page="about:fr"), "wrong"),
+        (ans("stable", pc, status=302, build="stable", lang="fr", page="product:fr:chair"),
+         "wrong"),
+        (ans("stable", pc, build="stable", lang="fr", page="product:fr:chair", rendered=499.0,
+             rid="x", t0=60.0), "wrong"),
+        (ans("stable", pc, build="stable", lang="fr", page="product:fr:chair", rendered=499.0,
+             rid="x", t0=50.5), "ok"),
+        (ans("stable", pc, build="stable", lang="fr", page="product:fr:chair", rendered=501.0,
+             rid="y", t0=60.0), "ok"),
+        (ans("stable", "/nl/products/chair", build="stable", lang="nl",
+             page="product:nl:chair", rendered=499.0, rid="old-rid", t0=60.0), "stale_origin"),
+        (ans("canary", pc, status=502, cport=2001), "origin5xx"),
+        (ans("canary", pc, status=503, cport=2002), "edge5xx"),
+        (ans("canary", pc, status=502, cport=2003), "edge5xx"),
+        (ans("canary", pc, status=500, cport=2004), "edge5xx"),
+        (ans("canary", pc, status=504, cport=2005), "origin5xx"),
+    ]
+    tr = time.strftime("%d/%b/%Y:%H:%M:%S", time.localtime(1000.0)) + ".000"
+    lines = [
+        "127.0.0.1:2001 [%s] fe_http storefront_canary/canary1 0/0/0/-1/5 502 244 SH-- ..." % tr,
+        "127.0.0.1:2002 [%s] fe_http storefront_canary/<NOSRV> 0/-1/-1/-1/0 503 216 SC-- ." % tr,
+        "127.0.0.1:2003 [%s] fe_http cedra_deliver/deliver1 0/0/0/-1/1 502 209 SH-- ..." % tr,
+        "127.0.0.1:2005 [%s] fe_http storefront_stable/stable1 0/0/0/-1/9 504 198 sH-- ." % tr,
+    ]
+    log = []
+    for line in lines:
+        m = ob.LOG_RE.match(line)
+        d = m.groupdict()
+        d["t"], d["line"] = ob.parse_tr(d["tr"]), line
+        log.append(d)
+    answers = [a for a, _ in cases]
+    for a in answers:
+        ld.judge(a, [rv])
+    ob.classify_5xx(answers, log)
+    bad = ["%r: %s, want %s" % (a, a.verdict, want) for a, want in cases if a.verdict != want]
+    return len(cases), bad
+
+
 # ---- table ---------------------------------------------------------------------------------
 COLS = ("scenario", "sent", "by status", "HIT", "edge 5xx*", "conn err*", "origin 5xx",
         "wrong*", "stale origin", "emptied*", "reval", "fault s", "recovery s", "result")
@@ -384,6 +451,11 @@ def main():
             ap.error("unknown scenario(s): %s" % ", ".join(sorted(unknown)))
         scens = [s for s in scens if s.name in args.only]
     prof = PROFILES[args.profile]
+    n, bad = self_check()
+    if bad:
+        print("FAIL faults/self-check:\n  " + "\n  ".join(bad))
+        return 1
+    print("faults: self-check of the judges passed (%d made-up answers)" % n)
     t0 = time.monotonic()
     env = harness.Env("faults")
     stk = st.Stack(env, consul_wait=prof["consul_wait"])
