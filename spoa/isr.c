@@ -848,6 +848,8 @@ static enum isr_err parse_value(struct isr_entry *e, json_t *val, const struct i
         json_object_del(val, "rscData");
     if (e->has_segments)
         json_object_del(val, "segmentData");
+    /* registerInitialCache entries also carry the payload as text: unused. */
+    json_object_del(val, "pageData");
 
     if ((err = parse_headers(e, json_object_get(val, "headers"))) != ISR_OK)
         return err;
