@@ -357,6 +357,8 @@ static int frag_append(struct spoe_conn *c, const uint8_t *p, size_t len)
         conn_fail(c, SPOE_ST_TOO_BIG, "reassembled NOTIFY too big");
         return -1;
     }
+    if (len == 0)
+        return 0; /* an empty piece: the buffer (and p) may still be NULL */
     if (c->frag_cap - c->frag_len < len) {
         size_t ncap = c->frag_cap ? c->frag_cap : 4096;
         uint8_t *nb;
