@@ -15,7 +15,8 @@
 # CEDRA_DEMO_ONESHOT=1 exits after the walkthrough. CEDRA_SPOA and CEDRA_AGENT
 # name prebuilt binaries (then nothing is built); CEDRA_DEMO_NEXT picks the
 # fixture variant (v16; v15 when Node.js is older than 20.9).
-# Every process it starts is printed as "demo: started NAME pid PID".
+# Every process it starts is printed as "demo: started NAME pid PID"; each
+# runs in a session of its own and is stopped by this script, by pid.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -168,6 +169,8 @@ done
 spawn consul-double python3 "$top/tests/consul_double/consul_double.py" --bind 127.0.0.1 --port "$consul_port"
 wait_for consul-double 10 curl -sf "http://127.0.0.1:$consul_port/v1/status/leader"
 
+# allow-root: the demo's daemons run as whoever started it (root on a fresh
+# machine, as the README says), on loopback and in a private directory.
 cat >"$work/cedra-spoa.conf" <<CONF
 allow-root
 listen 127.0.0.1:$spoa_port
