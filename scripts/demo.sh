@@ -34,7 +34,9 @@ work=$(mktemp -d /tmp/cedra-demo.XXXXXX)
 names=()
 pids=()
 
-say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+bold='' plain=''
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; fi
+say() { printf '\n%s%s%s\n' "$bold" "$*" "$plain"; }
 indent() { sed 's/^/    /'; }
 
 alive() { # a child that exited stays a zombie until reaped: not alive
