@@ -194,8 +194,8 @@ def send_raw(port, data, timeout=T, half_close=False):
             s.sendall(data)
             if half_close:
                 s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except OSError:
+            pass  # the server refused the rest (reset): read what it said
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
