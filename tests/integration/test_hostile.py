@@ -756,18 +756,20 @@ class SpopHostileTest(harness.IntegrationTestCase):
               % (n, frag // 1024, rss0, rss1, (rss1 - rss0) / n, per_conn))
         if sanitized(harness.spoa_bin()):
             per_conn *= 4
-        self.assertLess(rss1 - rss0, n * per_conn)
+        if not harness.spoa_wrapper():   # valgrind's own memory is in the RSS
+            self.assertLess(rss1 - rss0, n * per_conn)
 
     def test_spop_field_matrix(self):
         """Each hostile payload in each string argument the agent reads, as
         STRING and BINARY: always a sane ACK, then a good request."""
         m = corpus("spop.json")["matrix"]
         n = 0
-        for field in m["fields"]:
+        plan = [(f, m["base"]) for f in m["fields"]] + [(f, m["rsc_base"]) for f in m["rsc_fields"]]
+        for field, base_fields in plan:
             for p in m["payloads"]:
                 for mode in m["modes"]:
                     for kind in ("str", "bin"):
-                        fields = dict(m["base"])
+                        fields = dict(base_fields)
                         base = fields[field]
                         val = {"suffix": base + p, "prefix": p + base, "replace": p}[mode]
                         fields[field] = val if kind == "str" else {"bin": val}
@@ -930,8 +932,9 @@ class OpsockHostileBase(object):
         bound = spec["rss_bound_mib"] * 1024 * (4 if sanitized(self.daemon.argv[-3]) else 1)
         print("\n%s operator socket abuse: RSS %d KiB before, peak %d KiB, %d KiB after (bound +%d KiB)"
               % (label, rss0, peak, rss1, bound))
-        self.assertLess(peak - rss0, bound, "%s: RSS grew from %d to %d KiB" % (label, rss0, peak))
-        self.assertLess(rss1 - rss0, bound, "%s: RSS grew from %d to %d KiB" % (label, rss0, rss1))
+        if self.daemon.argv[0] == self.daemon.argv[-3]:   # not under a wrapper (valgrind)
+            self.assertLess(peak - rss0, bound, "%s: RSS grew from %d to %d KiB" % (label, rss0, peak))
+            self.assertLess(rss1 - rss0, bound, "%s: RSS grew from %d to %d KiB" % (label, rss0, rss1))
 
 
 class SpoaOpsockHostileTest(OpsockHostileBase, HaproxyCase):
