@@ -41,6 +41,8 @@ UP_TIMEOUT = 900
 STOP_TIMEOUT = 60
 NEW_USERS = 50          # the demo's step 5
 SHARE = 0.20            # canary-weight in the demo's agent configuration
+# the last line of every sanitizer report, valgrind's error summary
+MEMCHECK_REPORT = re.compile(rb"^(==\d+== )?SUMMARY: \w*Sanitizer: |^==\d+== ERROR SUMMARY: [1-9]", re.M)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"^demo: started (\S+) pid (\d+) \(log (\S+)\)$", re.M)
 PAGE = re.compile(r"^ +page: (?P<h1>.*?) \| version (?P<version>\d+) \| (?P<price>[\d.]+) € \| "
@@ -175,14 +177,17 @@ class DemoTest(unittest.TestCase):
                                      stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def assert_all_gone(self, started, workdir):
+    def assert_all_gone(self, started, workdir, kept=False):
         harness.wait_until(lambda: not leftovers(self.proc.pid, started), 10,
                            what="no process of the demo left")
-        self.assertFalse(os.path.exists(workdir), "the demo's directory %s is still there" % workdir)
+        if not kept:
+            self.assertFalse(os.path.exists(workdir),
+                             "the demo's directory %s is still there" % workdir)
 
     # ------------------------------------------------------------------------------
     def test_walkthrough_then_ctrl_c(self):
         env, ports = run_env(self.tmp)
+        env["CEDRA_DEMO_KEEP"] = "1"   # its logs, checked below
         self.start(env)
         harness.wait_until(lambda: self.proc.poll() is not None or
                            "Ctrl-C stops everything." in self.output(),
@@ -193,6 +198,8 @@ class DemoTest(unittest.TestCase):
         started = {m.group(1): int(m.group(2)) for m in STARTED.finditer(text)}
         logs = [m.group(3) for m in STARTED.finditer(text)]
         workdir = os.path.dirname(logs[0]) if logs else None
+        if workdir and workdir.startswith("/tmp/cedra-demo."):
+            self.addCleanup(subprocess.run, ["rm", "-rf", workdir], check=False)
         self.assertEqual(set(started), PROCESSES, text[-6000:])
         for name, pid in started.items():
             self.assertTrue(alive(pid), "%s (pid %d) is not running" % (name, pid))
@@ -212,9 +219,17 @@ class DemoTest(unittest.TestCase):
         self.assertEqual(rc, 0, text[-3000:])
         self.assertIn("demo: stopped", text)
         self.assertNotIn("ignored SIGTERM", text)
-        self.assert_all_gone(started, workdir)
+        self.assert_all_gone(started, workdir, kept=True)
         for var, port in ports.items():
             self.assertFalse(harness.tcp_connectable("127.0.0.1", port), (var, port))
+        # both daemons drained and exited cleanly; no sanitizer or valgrind
+        # report in any log (a sanitizer build given as CEDRA_SPOA/CEDRA_AGENT)
+        for name in ("cedra-spoa", "cedra-agent"):
+            with open(os.path.join(workdir, name + ".log"), errors="replace") as f:
+                self.assertIn("event=stopped rc=0", f.read(), name)
+        for log in logs:
+            with open(log, "rb") as f:
+                self.assertIsNone(MEMCHECK_REPORT.search(f.read()), log)
 
     def check_walkthrough(self, text, started, ports):
         st = sections(text)
