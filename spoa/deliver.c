@@ -228,10 +228,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         parked_free(p);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
     }
-    /* RSC answers are 200 only (isr_variant_headers() refuses the others). */
-    status = p->not_modified               ? 304u
-             : p->item.variant == ISR_HTML ? (unsigned)p->item.entry->status
-                                           : 200u;
+    status = p->not_modified ? 304u : (unsigned)isr_rsc_status(p->item.entry, p->item.variant);
     if (p->not_modified) {
         r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     } else {

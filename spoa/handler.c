@@ -622,7 +622,7 @@ static bool put_deliver(struct handler *h, struct pending *p, struct spoe_wbuf *
  * which lf-string would escape, so all go through the delivery server,
  * byte for byte. What is not exactly what Next would send goes to the
  * origin: a segment the entry does not have (Next: an empty 404), an
- * entry whose payload could not be decoded, a status other than 200. */
+ * entry whose payload could not be decoded. */
 static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
                        enum isr_state state, enum stat_cache c)
 {

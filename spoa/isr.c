@@ -742,8 +742,13 @@ static enum isr_err decode_payloads(struct isr_entry *e, json_t *rsc, json_t *se
     if (seg_ok) {
         json_object_foreach(seg, k, x)
         {
-            struct isr_segment *s = &p->segs[i];
+            struct isr_segment *s;
 
+            if (i >= nseg) { /* never: same object as above; keeps writes inside segs */
+                seg_ok = false;
+                break;
+            }
+            s = &p->segs[i];
             s->path_len = strlen(k);
             memcpy(at, k, s->path_len + 1);
             s->path = (const char *)at;
@@ -1108,9 +1113,9 @@ int isr_variant_headers(const struct isr_entry *e, enum isr_variant v, enum isr_
         conf = &defaults;
     out->n = 0;
     /* No ETag on these answers, so no 304 either. Only App Router pages
-     * have RSC payloads; the answers below were captured from 200 entries. */
+     * have RSC payloads; captured from 200 and notFound() 404 entries. */
     if ((st != ISR_FRESH && st != ISR_STALE) || not_modified || e->kind != ISR_APP_PAGE ||
-        e->status != 200)
+        (e->status != 200 && e->status != 404))
         return -1;
     cache_control(e, conf, out->cache_control, sizeof(out->cache_control));
     /* compression adds Accept-Encoding: text/x-component is compressible. */
@@ -1131,6 +1136,11 @@ int isr_variant_headers(const struct isr_entry *e, enum isr_variant v, enum isr_
     if (!p->has_content_type)
         put(out, "Content-Type", RSC_CONTENT_TYPE);
     return 0;
+}
+
+int isr_rsc_status(const struct isr_entry *e, enum isr_variant v)
+{
+    return v == ISR_SEGMENT ? 200 : e->status;
 }
 
 const struct isr_segment *isr_segment_find(const struct isr_entry *e, const char *path, size_t len)

@@ -184,10 +184,16 @@ enum isr_variant {
  * HTML set without X-Powered-By and ETag (sendRenderResult streams a Buffer:
  * no ETag, so never a 304) and Content-Type text/x-component; for
  * ISR_SEGMENT no entry headers, x-nextjs-postponed: 2 after
- * x-nextjs-prerender. ISR_HTML is isr_headers(). Returns 0, or -1 when not
- * served. */
+ * x-nextjs-prerender. ISR_HTML is isr_headers(). The status is the entry's
+ * (200, or 404 for notFound()) for ISR_RSC, always 200 for ISR_SEGMENT (Next
+ * answers the segment before it applies the entry's status): isr_rsc_status().
+ * Returns 0, or -1 when not served. */
 int isr_variant_headers(const struct isr_entry *e, enum isr_variant v, enum isr_state st,
                         bool not_modified, const struct isr_conf *conf, struct isr_headers *out);
+
+/* The status of the answer for v: the entry's for ISR_HTML and ISR_RSC,
+ * 200 for ISR_SEGMENT. */
+int isr_rsc_status(const struct isr_entry *e, enum isr_variant v);
 
 /* The payload of a segment (exact match of the path, as Map.get), NULL when
  * the entry has no such segment. */

@@ -376,6 +376,30 @@ class _RscEdge(object):
         self.assertNotEqual(r.body, old, self.VARIANT)
 
 
+    # ------------------------------------------------------------ 7. notFound()
+    def test_07_not_found_page(self):
+        """A product that does not exist is a cached 404 (notFound()): its
+        navigation is a 404 with the payload, its segments are 200s (Next
+        answers them before it applies the entry's status)."""
+        path = "/nl/products/nope"
+        self.warm(path)
+        self.assertEqual(self.entry(path)["value"].get("status"), 404, self.VARIANT)
+        rsc = self.stored_rsc(path)
+        segments = self.stored_segments(path)
+        cases = [("navigation", navigation(path), 404, rsc)]
+        if segments:
+            cases.append(("segment /_tree", segment_prefetch(path, "/_tree"), 200, segments["/_tree"]))
+        else:
+            cases.append(("segment /_tree", segment_prefetch(path, "/_tree"), 404, rsc))
+        for name, (target, headers), status, body in cases:
+            with self.subTest(variant=self.VARIANT, request=name):
+                r = self.edge_hit(target, headers, name)
+                self.assertEqual((r.status, r.h("content-type")), (status, "text/x-component"),
+                                 "%s %s: %r" % (self.VARIANT, name, r))
+                self.assertEqual(r.body, body, "%s %s" % (self.VARIANT, name))
+                self.assertSameAsNext(r, self.direct(target, headers), name)
+
+
 class RscV16Test(_RscEdge, harness.IntegrationTestCase):
     VARIANT = "v16"
 

@@ -1133,6 +1133,11 @@ static void test_headers_pages(void **state)
  * tests/fixtures/isr/<variant>/rsc/ (observe_rsc.py): the entry, and what
  * `next start` answered from it to each request, headers and body. */
 
+/* The capture being checked: "rsc" (a 200 page) or "rsc-notfound" (a
+ * notFound() 404 entry). */
+static const char *rsc_dir = "rsc";
+static const char *const rsc_dirs[] = {"rsc", "rsc-notfound"};
+
 struct rsc_request {
     char target[8192];
     char prefetch[8], segment[1100], tree[6000];
@@ -1144,7 +1149,7 @@ static bool load_rsc_request(const char *variant, const char *name, struct rsc_r
 {
     char rel[256], *buf, *line, *save = NULL, *q;
 
-    snprintf(rel, sizeof(rel), "rsc/%s.request", name);
+    snprintf(rel, sizeof(rel), "%s/%s.request", rsc_dir, name);
     if ((buf = load(variant, rel, NULL)) == NULL)
         return false;
     memset(r, 0, sizeof(*r));
@@ -1188,7 +1193,10 @@ static bool rsc_param_matches(const struct rsc_request *r)
 static struct isr_entry *load_rsc_entry(const char *variant)
 {
     size_t len;
-    char *buf = load(variant, "rsc/value.json", &len);
+    char rel[64], *buf;
+
+    snprintf(rel, sizeof(rel), "%s/value.json", rsc_dir);
+    buf = load(variant, rel, &len);
     struct isr_entry *e = NULL;
 
     if (buf == NULL)
@@ -1204,7 +1212,7 @@ static void assert_body(const char *variant, const char *name, const void *data,
     size_t n;
     char *body;
 
-    snprintf(rel, sizeof(rel), "rsc/%s.body", name);
+    snprintf(rel, sizeof(rel), "%s/%s.body", rsc_dir, name);
     body = load(variant, rel, &n);
     assert_non_null(body);
     if (n != len || (n && memcmp(body, data, n) != 0))
@@ -1220,12 +1228,16 @@ static void test_fixture_rsc_navigation(void **state)
     unsigned seen = 0;
 
     need_fixtures();
-    for (size_t v = 0; v < NVARIANTS; v++) {
-        struct isr_entry *e = load_rsc_entry(variants[v]);
+    /* Every variant, for each capture directory. */
+    for (size_t k = 0; k < 2 * NVARIANTS; k++) {
+        size_t v = k % NVARIANTS;
+        struct isr_entry *e;
         struct isr_headers h;
         struct captured c;
         struct rsc_request r;
 
+        rsc_dir = rsc_dirs[k / NVARIANTS];
+        e = load_rsc_entry(variants[v]);
         if (e == NULL)
             continue;
         seen++;
@@ -1234,9 +1246,9 @@ static void test_fixture_rsc_navigation(void **state)
         for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
             char rel[128];
 
-            snprintf(rel, sizeof(rel), "rsc/%s.headers", ok[i]);
+            snprintf(rel, sizeof(rel), "%s/%s.headers", rsc_dir, ok[i]);
             assert_true(load_captured_rel(variants[v], rel, &c));
-            assert_int_equal(c.status, 200);
+            assert_int_equal(c.status, isr_rsc_status(e, ISR_RSC));
             assert_string_equal(captured_get(&c, "x-nextjs-cache"), "HIT");
             assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), 0);
             assert_headers_equal(ok[i], &h, &c, false);
@@ -1252,15 +1264,22 @@ static void test_fixture_rsc_navigation(void **state)
 
             assert_true(load_rsc_request(variants[v], name, &r));
             assert_false(rsc_param_matches(&r));
-            assert_true(load_captured_rel(
-                variants[v], i ? "rsc/nav-wrong-rsc.headers" : "rsc/nav-missing-rsc.headers", &c));
+            char rel[128];
+
+            snprintf(rel, sizeof(rel), "%s/%s.headers", rsc_dir, name);
+            assert_true(load_captured_rel(variants[v], rel, &c));
             if (e->has_segments) /* Next 16 */
                 assert_int_equal(c.status, 307);
         }
         /* The legacy (djb2) form: Next 16 accepted it with a 200. */
         assert_true(load_rsc_request(variants[v], "nav-legacy", &r));
-        assert_true(load_captured_rel(variants[v], "rsc/nav-legacy.headers", &c));
-        assert_int_equal(c.status, 200);
+        {
+            char rel[128];
+
+            snprintf(rel, sizeof(rel), "%s/nav-legacy.headers", rsc_dir);
+            assert_true(load_captured_rel(variants[v], rel, &c));
+        }
+        assert_int_equal(c.status, isr_rsc_status(e, ISR_RSC));
         assert_true(rsc_param_matches(&r));
         assert_body(variants[v], "nav-legacy", e->rsc, e->rsc_len);
         /* Decoded payloads count in the in-process cache budget. */
@@ -1278,13 +1297,16 @@ static void test_fixture_rsc_segments(void **state)
     unsigned seen = 0;
 
     need_fixtures();
-    for (size_t v = 0; v < NVARIANTS; v++) {
-        struct isr_entry *e = load_rsc_entry(variants[v]);
+    for (size_t k = 0; k < 2 * NVARIANTS; k++) {
+        size_t v = k % NVARIANTS;
+        struct isr_entry *e;
         struct isr_headers h;
         struct captured c;
         struct rsc_request r;
         size_t found = 0;
 
+        rsc_dir = rsc_dirs[k / NVARIANTS];
+        e = load_rsc_entry(variants[v]);
         if (e == NULL)
             continue;
         for (int i = 0; i < 64; i++) {
@@ -1296,11 +1318,11 @@ static void test_fixture_rsc_segments(void **state)
                 break;
             assert_true(r.has_segment);
             assert_true(rsc_param_matches(&r));
-            snprintf(rel, sizeof(rel), "rsc/%s.headers", name);
+            snprintf(rel, sizeof(rel), "%s/%s.headers", rsc_dir, name);
             assert_true(load_captured_rel(variants[v], rel, &c));
-            assert_int_equal(c.status, 200);
             sg = isr_segment_find(e, r.segment, strlen(r.segment));
             if (!e->has_segments) {
+                assert_int_equal(c.status, isr_rsc_status(e, ISR_RSC));
                 assert_null(sg);
                 assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), 0);
                 assert_headers_equal(name, &h, &c, false);
@@ -1308,6 +1330,7 @@ static void test_fixture_rsc_segments(void **state)
                 continue;
             }
             assert_non_null(sg);
+            assert_int_equal(c.status, isr_rsc_status(e, ISR_SEGMENT));
             found++;
             assert_int_equal(isr_variant_headers(e, ISR_SEGMENT, ISR_FRESH, false, NULL, &h), 0);
             assert_headers_equal(name, &h, &c, false);
@@ -1318,7 +1341,10 @@ static void test_fixture_rsc_segments(void **state)
             /* A path the entry lacks: Next sends an empty 404, the edge has none. */
             assert_true(load_rsc_request(variants[v], "seg-unknown", &r));
             assert_null(isr_segment_find(e, r.segment, strlen(r.segment)));
-            assert_true(load_captured_rel(variants[v], "rsc/seg-unknown.headers", &c));
+            char rel[128];
+
+            snprintf(rel, sizeof(rel), "%s/seg-unknown.headers", rsc_dir);
+            assert_true(load_captured_rel(variants[v], rel, &c));
             assert_int_equal(c.status, 404);
             seen++;
         }
@@ -1464,8 +1490,18 @@ static void test_rsc_headers(void **state)
     assert_int_equal(isr_variant_headers(e, ISR_HTML, ISR_FRESH, false, NULL, &h), 0);
     assert_string_equal(h.h[h.n - 1].value, "text/html; charset=utf-8");
     isr_entry_free(e);
+    /* notFound(): the navigation keeps the 404, a segment is a 200. */
     s = entry_json(LM, LIFESPAN, TAGS,
                    "{\"kind\":\"APP_PAGE\",\"html\":\"x\",\"rscData\":\"eA==\",\"status\":404}");
+    assert_int_equal(parse_str(s, &e), ISR_OK);
+    assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), 0);
+    assert_int_equal(isr_rsc_status(e, ISR_RSC), 404);
+    assert_int_equal(isr_rsc_status(e, ISR_SEGMENT), 200);
+    assert_int_equal(isr_rsc_status(e, ISR_HTML), 404);
+    isr_entry_free(e);
+    free(s);
+    /* Pages Router entries have no RSC answers. */
+    s = entry_json(LM, LIFESPAN, TAGS, "{\"kind\":\"PAGES\",\"html\":\"x\",\"rscData\":\"eA==\"}");
     assert_int_equal(parse_str(s, &e), ISR_OK);
     assert_int_equal(isr_variant_headers(e, ISR_RSC, ISR_FRESH, false, NULL, &h), -1);
     isr_entry_free(e);
