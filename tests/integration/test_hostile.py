@@ -784,6 +784,69 @@ class SpopHostileTest(harness.IntegrationTestCase):
         print("\nhostile SPOP field matrix: %d NOTIFYs" % n)
 
 
+class SpopValkeyHostileTest(harness.IntegrationTestCase):
+    """Connections that vanish while their lookups are still in Valkey (or
+    while Valkey is frozen): the answers must find nothing freed under them."""
+
+    def setUp(self):
+        super().setUp()
+        self.redis, self.rport = EdgeCacheTest.start_redis(self)
+        tmpl = aged(load_value("product-chair.json"), 1)
+        key = "/route-cache/APP_PAGE/%s/$/fr/products/chair" % ROUTE_HASH["product"]
+        redis_cmd(self.rport, "SET", PREFIX + key, json.dumps(tmpl))
+        redis_cmd(self.rport, "HSET", PREFIX + "__sharedTags__", key, json.dumps(tmpl["tags"]))
+        extra = "\n".join([
+            "valkey 127.0.0.1:%d" % self.rport,
+            "valkey-timeout %dms" % (500 * SF),
+            "pool stable key-prefix %s routes %s build b1" % (PREFIX, os.path.join(FIX, "routes.table")),
+            # No in-process cache: every NOTIFY below waits for Valkey.
+            "l1-size 0",
+        ])
+        self.agent = self.env.start_spoa(threads=2, extra=extra)
+        self.pid = self.agent.pid
+        harness.wait_until(lambda: self.lookup_action() == "edge", 10 * SF, what="an edge answer")
+
+    def lookup_action(self, sid=1, fid=1):
+        with sc.Connection(self.agent.addr, timeout=T) as c:
+            c.hello()
+            c.notify(sid, fid, [sc.cedra_req("/fr/products/chair")])
+            return sc.actions_to_vars(c.ack_for(sid, fid)).get("action")
+
+    def vanish(self, how, n):
+        c = sc.Connection(self.agent.addr, timeout=T)
+        c.hello()
+        c.send(b"".join(sc.notify(i + 1, 1, [sc.cedra_req("/fr/products/chair")]) for i in range(n)))
+        if how == "rst":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif how == "disconnect":
+            c.send(sc.haproxy_disconnect())
+        c.close()
+
+    def test_connections_vanish_with_lookups_pending(self):
+        for how in ("rst", "close", "disconnect"):
+            for _ in range(30):
+                self.vanish(how, 50)
+            self.assertTrue(self.agent.alive(), "cedra-spoa died after %s with lookups pending" % how)
+            # (the abandoned lookups may still fill Valkey's queue for a while)
+            harness.wait_until(lambda: self.lookup_action() == "edge", 10 * SF,
+                               what="edge answers after connections vanished (%s)" % how)
+        # Valkey frozen: the lookups outlive the connections by far.
+        self.redis.signal(signal.SIGSTOP)
+        try:
+            for how in ("rst", "close", "disconnect"):
+                for _ in range(10):
+                    self.vanish(how, 20)
+            with sc.Connection(self.agent.addr, timeout=T) as c:
+                c.hello()
+                c.notify(9, 9, [sc.cedra_req("/fr/products/chair")])
+                v = sc.actions_to_vars(c.ack_for(9, 9))   # answered by the deadline
+                self.assertEqual(v.get("action"), "pass", v)
+        finally:
+            self.redis.signal(signal.SIGCONT)
+        harness.wait_until(lambda: self.lookup_action() == "edge", 10 * SF, what="edge answers again")
+        self.assertEqual(self.agent.pid, self.pid)
+
+
 # ---- operator sockets -----------------------------------------------------------------------
 
 
