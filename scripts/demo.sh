@@ -15,6 +15,8 @@
 # CEDRA_DEMO_ONESHOT=1 exits after the walkthrough. CEDRA_SPOA and CEDRA_AGENT
 # name prebuilt binaries (then nothing is built); CEDRA_DEMO_NEXT picks the
 # fixture variant (v16; v15 when Node.js is older than 20.9).
+# CEDRA_DEMO_SPOE_TIMEOUT (500ms) and CEDRA_DEMO_VALKEY_TIMEOUT (250ms): the
+# edge's SPOE processing and Valkey timeouts (slow, instrumented builds).
 # Every process it starts is printed as "demo: started NAME pid PID"; each
 # runs in a session of its own and is stopped by this script, by pid.
 set -euo pipefail
@@ -179,7 +181,7 @@ listen 127.0.0.1:$spoa_port
 threads 2
 stats-socket $work/spoa.sock
 valkey 127.0.0.1:$redis_port
-valkey-timeout 250ms
+valkey-timeout ${CEDRA_DEMO_VALKEY_TIMEOUT:-250ms}
 pool stable key-prefix storefront:stable: routes $work/routes/stable.table build stable
 deliver 127.0.0.1:$deliver_port
 session-cookie sid

@@ -129,6 +129,10 @@ def run_env(tmp):
         env[var] = str(ports[var])
     env["CEDRA_SPOA"] = harness.spoa_bin()
     env["CEDRA_AGENT"] = agent_bin()
+    # sanitizer builds are slower: stretch the edge's timeouts, not the steps
+    sf = harness.slow_factor()
+    env["CEDRA_DEMO_SPOE_TIMEOUT"] = "%dms" % (500 * sf)
+    env["CEDRA_DEMO_VALKEY_TIMEOUT"] = "%dms" % (250 * sf)
     env["TMPDIR"] = tmp
     return env, ports
 
