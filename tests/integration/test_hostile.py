@@ -10,6 +10,8 @@ pins only to live pools, a cached page only for the exact path it was cached
 under; and cedra-spoa stays the same process and answers a good request after
 each bad one."""
 
+import base64
+import hashlib
 import ipaddress
 import json
 import os
@@ -453,6 +455,77 @@ class HostileHttpTest(HostileHttpBase):
                     if who != "4xx" and "repin" in case:
                         self.assertEqual(bool(pins), case["repin"], "%s: set-cookie %r" % (what, pins))
         self.assertSpoaHealthy("the pool cookie corpus")
+
+
+def rsc_param(prefetch, segment, tree, next_url=None):
+    """The client's _rsc value (FACTS.md section 9), written from the
+    description, not from the C code."""
+    if prefetch in (None, "0") and segment is None and tree is None:
+        return ""
+    text = ",".join(v if v is not None else "0" for v in (prefetch, segment, tree, next_url))
+    digest = hashlib.sha256(lat(text)).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class HostileRscTest(HostileHttpBase):
+    def test_rsc_corpus(self):
+        value = self.template["value"]
+        full = base64.b64decode(value["rscData"])
+        segments = {k: base64.b64decode(v) for k, v in value["segmentData"].items()}
+        seen = {}
+        for case in corpus("rsc.json")["cases"]:
+            what = case["id"]
+            with self.subTest(case=what):
+                path = case.get("path", "/fr/products/chair")
+                prefetch, segment, tree = case.get("prefetch"), case.get("segment"), case.get("tree")
+                segment = expand(segment) if segment is not None else None
+                tree = expand(tree) if tree is not None else None
+                if "query" in case:
+                    query = case["query"]
+                else:
+                    query = "_rsc=" + rsc_param(prefetch, segment, tree)
+                query = case.get("query_prefix", "") + query + case.get("extra_query", "")
+                method = case.get("method", "GET")
+                lines = ["%s %s%s HTTP/1.1" % (method, path, "?" + query if query else ""),
+                         "Host: shop.example", "Connection: close"]
+                lines += ["RSC: %s" % case.get("rsc", "1")] * case.get("rsc_lines", 1)
+                if prefetch is not None:
+                    lines.append("Next-Router-Prefetch: %s" % prefetch)
+                if segment is not None:
+                    lines.append("Next-Router-Segment-Prefetch: %s" % segment)
+                if tree is not None:
+                    lines.append("Next-Router-State-Tree: %s" % tree)
+                lines += ["%s: %s" % (k, v) for k, v in case.get("headers", [])]
+                if method == "POST":
+                    lines.append("Content-Length: 0")
+                req = lat("\r\n".join(lines) + "\r\n\r\n")
+                raw, resps, rpath, rmethod = self.exchange(req)
+                r = resps[0] if resps else None
+                edge = r is not None and r.get("x-origin") is None and r.get("x-cedra-cache") in ("HIT", "STALE")
+                for x in resps:
+                    self.assertLess(x.status, 500, "%s: %r" % (what, x.head[:300]))
+                if edge and (r.get("content-type") or "").startswith("text/x-component"):
+                    self.assertIn(rpath, self.pages, "%s: RSC payload served for %r" % (what, rpath))
+                    if r.status == 200 and method == "GET":
+                        want = segments.get(segment) if (prefetch == "1" and segment is not None) else full
+                        self.assertEqual(r.body, want, "%s: not the payload the request names" % what)
+                elif edge:
+                    self.check_invariants(what, req, raw, resps, rpath, rmethod)
+                exp = case["expect"]
+                kind = "origin" if r is not None and r.get("x-origin") else ("edge" if edge else "other")
+                seen[kind] = seen.get(kind, 0) + 1
+                if exp == "rsc:full":
+                    self.assertTrue(edge and r.body == full, "%s: %r" % (what, r.head[:300] if r else None))
+                elif exp == "rsc:segment":
+                    self.assertTrue(edge and r.body == segments[segment], "%s: %r" % (what, r.head[:300] if r else None))
+                elif exp == "pass":
+                    self.assertEqual(kind, "origin", "%s: %r" % (what, r.head[:300] if r else None))
+                elif exp == "not-served":
+                    self.assertFalse(edge, "%s: %r" % (what, r.head[:300] if r else None))
+                else:
+                    self.assertEqual(exp, "safe")
+        self.assertSpoaHealthy("the RSC corpus")
+        print("\nhostile RSC corpus: outcomes %r" % (seen,))
 
 
 class HostileHttpSmallFramesTest(HostileHttpBase):
