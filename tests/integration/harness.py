@@ -397,6 +397,10 @@ class IntegrationTestCase(unittest.TestCase):
             return super().run(result)
         finally:
             env = getattr(self, "env", None)
+            # unittest skips tearDown when setUp fails: what setUp started
+            # must not outlive the test all the same.
+            if env is not None:
+                env.stop_all()
             failed = _failed_count(result) > before
             if failed:
                 if env is not None:
