@@ -209,8 +209,8 @@ def recovery_state(stk, port):
             sv.get("good_index") != sv.get("index"):
         return "agent service: %r" % {k: sv.get(k) for k in ("panic", "index", "good_index",
                                                               "applied_index")}
-    if sv.get("last_error") != "-" and float(sv["contact_age"]) > float(sv["last_error_age"]):
-        return "agent: no Consul success since its last error"
+    if not stk.agent_watching():
+        return "agent: no unfaulted health query parked in Consul"
     for user in ("stable", "canary"):
         r = nf.http_request(port, HOT, headers={"Cookie": ld.COOKIE_OF[user]}, timeout=5)
         if r.cache != "HIT":
@@ -253,6 +253,7 @@ def run_scenario(stk, scen, prof, seed):
         harness.wait_until(lambda: load.sent() >= prof["warm"], prof["warm"] / rate * 3 + 10,
                            what="warm-up load")
         slug = ld.SLUGS[seed % len(ld.SLUGS)]
+        seen0 = stk.agent_counters() if scen.agent_sees else None
         t_fault = time.monotonic()
         scen.inject(stk, ctx)
         rthreads += revalidate_all(stk, slug, revals, rerrors, rstop)
@@ -261,6 +262,16 @@ def run_scenario(stk, scen, prof, seed):
             threading.Event().wait(scen.hold)
         scen.heal(stk, ctx)
         t_heal = time.monotonic()
+        if scen.agent_sees:
+            # the fault must have reached the agent, or the scenario tested nothing
+            seen1 = stk.agent_counters()
+            moved = {k: seen1.get(k, 0) - seen0.get(k, 0) for k in seen1
+                     if seen1.get(k, 0) != seen0.get(k, 0)}
+            ctx.note("cedra-agent counters moved: %s" % (
+                ", ".join("%s +%d" % kv for kv in sorted(moved.items())) or "none"))
+            if not any(moved.get(k) for k in scen.agent_sees):
+                row.problems.append("cedra-agent never saw the fault (%s unchanged)" %
+                                    "/".join(scen.agent_sees))
         rthreads += revalidate_all(stk, slug, revals, rerrors, rstop)
         ok, why = wait_recovered(stk, port, prof["deadline"])
         t_rec = time.monotonic()

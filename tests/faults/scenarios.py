@@ -15,6 +15,7 @@ class Scenario(object):
     name = None
     what = None
     hold = 0.0              # seconds the fault lasts (profile-scaled in run.py)
+    agent_sees = None       # agent counters (show services) of which one must move
     planned_down = False    # the edge itself is down for a moment (refused connects expected)
 
     def __init__(self, profile):
@@ -204,22 +205,27 @@ class ConsulFault(Scenario):
 
 class ConsulDown(ConsulFault):
     name, what, mode = "consul_down", "Consul API refuses connections (listener closed)", "refuse"
+    agent_sees = ("connect",)
 
 
 class Consul500(ConsulFault):
     name, what, mode = "consul_500", "every health query answers 500 (No cluster leader)", "500"
+    agent_sees = ("http_5xx",)
 
 
 class Consul403(ConsulFault):
     name, what, mode = "consul_403", "every health query answers 403 (ACL not found)", "403"
+    agent_sees = ("http_403",)
 
 
 class ConsulEmpty(ConsulFault):
     name, what, mode = "consul_empty", "health queries answer 200 [] (after blocking)", "empty"
+    agent_sees = ("refused",)
 
 
 class ConsulIndexReset(Scenario):
     name, what = "consul_index_reset", "the service's index goes back to 2, queries abandoned"
+    agent_sees = ("resets",)
 
     def inject(self, stk, ctx):
         stk.double.reset_index(st.SVC, index=2, abandon=True)
@@ -230,6 +236,7 @@ class ConsulStall(ConsulFault):
     what = ("every health query held 30 s past its answer (stall), longer than the agent's "
             "client timeout (consul-wait x 17/16 + margin)")
     mode, seconds = "stall", 30
+    agent_sees = ("timeout",)
 
     def holds(self):
         return {"short": 8.0, "long": 40.0}

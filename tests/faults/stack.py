@@ -136,6 +136,7 @@ class Stack(object):
         self.tables = {}
         self.data_file = None
         self.alive_builds = set(BUILDS)   # builds with passing instances in Consul
+        self.health_seq = 0                # the double's request log, read up to here
 
     # ---- start ------------------------------------------------------------------
     def preflight(self):
@@ -331,6 +332,33 @@ class Stack(object):
             if line.startswith(SVC + " "):
                 return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
         raise RuntimeError("no %s in show services" % SVC)
+
+    def agent_watching(self):
+        """cedra-agent's latest health query reached the double unfaulted and is
+        parked there (or was answered 200): it watches Consul again. The
+        agent's own "last success" only moves when a blocking query returns,
+        up to consul-wait later."""
+        res = self.double.requests(path="/v1/health/service/" + SVC,
+                                   since=max(0, self.health_seq - 1))
+        reqs = res["requests"]
+        if not reqs:
+            return False
+        latest = max(reqs, key=lambda e: e["seq"])
+        self.health_seq = latest["seq"]
+        return not latest.get("fault") and (
+            latest["state"] == "blocking" or
+            (latest["state"] == "done" and latest.get("status") == 200))
+
+    def agent_counters(self):
+        """show services counters: errors by kind, refused (panic threshold),
+        resets (index went backwards)."""
+        sv = self.agent_service()
+        out = {k: int(sv[k]) for k in ("refused", "resets")}
+        for kv in sv.get("errors", "").split(","):
+            k, _, v = kv.partition(":")
+            if k:
+                out[k] = int(v)
+        return out
 
     def rcmd(self, *args):
         return redis_cmd(self.redis_port, *args)
