@@ -120,7 +120,7 @@ class EdgeCacheTest(HaproxyCase):
         self.redis, self.rport = self.start_redis()
         extra = "\n".join([
             "valkey 127.0.0.1:%d" % self.rport,
-            "valkey-timeout 80ms",
+            "valkey-timeout %dms" % (80 * SF),
             "pool stable key-prefix %s routes %s" % (PREFIX, os.path.join(FIX, "routes.table")),
             "revalidate-lock 5s",
             "session-cookie sid",
@@ -270,9 +270,12 @@ class EdgeCacheTest(HaproxyCase):
                 self.assertEqual(got, body)
                 self.assertEqual(hdrs["etag"], next_etag(page["value"]["html"]))
             else:
+                # Reading and parsing 2 MiB may outlast the answer deadline on
+                # a loaded machine (ERROR: failed open); either way, the origin.
                 for _ in range(3):
                     st, hdrs, got = self.get(path)
-                    self.assertEqual((st, hdrs.get("x-origin"), hdrs["x-cedra-cache"]), (200, "1", "MISS"))
+                    self.assertEqual((st, hdrs.get("x-origin")), (200, "1"))
+                    self.assertIn(hdrs["x-cedra-cache"], ("MISS", "ERROR"))
 
     def test_if_none_match_gets_304(self):
         self.put_page("chair", aged(self.chair, 1))
