@@ -85,6 +85,8 @@ struct request {
     struct str cookie;
     /* Cookie header lines: HAProxy hands over only the last one (req.fhdr). */
     int64_t cookie_headers;
+    /* Cache-Control lines: the same, for the no-cache that makes Next answer 200. */
+    int64_t cache_control_headers;
     struct str accept_language;
     struct str if_none_match;
     struct str cache_control;
@@ -193,6 +195,7 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"now_route", offsetof(struct request, now_route)},
         {"authorization", offsetof(struct request, authorization)},
         {"cookie_headers", offsetof(struct request, cookie_headers)},
+        {"cache_control_headers", offsetof(struct request, cache_control_headers)},
         {"if_modified_since", offsetof(struct request, if_modified_since)},
     };
     const char *n;
@@ -858,7 +861,7 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     /* Next answers 304 only to If-None-Match without no-cache and without
      * If-Modified-Since (it sends no Last-Modified). */
     if (variant == ISR_HTML && rq->if_none_match.len && rq->if_none_match.len <= INM_MAX &&
-        !rq->if_modified_since &&
+        !rq->if_modified_since && rq->cache_control_headers <= 1 &&
         !(rq->cache_control.len && isr_no_cache(rq->cache_control.p, rq->cache_control.len))) {
         memcpy(p->inm, rq->if_none_match.p, rq->if_none_match.len);
         p->inm_len = rq->if_none_match.len;
