@@ -963,16 +963,19 @@ static int retrack(struct tracking *t, const char *const *old, size_t nold)
     {
         const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
         const char *off[3] = {"CLIENT", "TRACKING", "off"};
+        bool queued;
 
         /* One transaction: no write between off and on goes unreported. */
-        if (!conn_send(&t->trk, 1, multi, NULL, expect_ok, "MULTI", NULL, "MULTI", 1) ||
-            !conn_send(&t->trk, 3, off, NULL, expect_queued, "CLIENT TRACKING off", NULL,
-                       "CLIENT TRACKING", 1) ||
-            !conn_send(&t->trk, argc, argv, NULL, expect_queued, "CLIENT TRACKING on", NULL,
-                       "CLIENT TRACKING", 1) ||
-            !conn_send(&t->trk, 1, exec, NULL, on_retracked, ps, pset_free, "EXEC", 1)) {
+        queued = conn_send(&t->trk, 1, multi, NULL, expect_ok, "MULTI", NULL, "MULTI", 1) &&
+                 conn_send(&t->trk, 3, off, NULL, expect_queued, "CLIENT TRACKING off", NULL,
+                           "CLIENT TRACKING", 1) &&
+                 conn_send(&t->trk, argc, argv, NULL, expect_queued, "CLIENT TRACKING on", NULL,
+                           "CLIENT TRACKING", 1);
+        /* ps belongs to the EXEC reply only once that is queued. */
+        if (!queued)
+            pset_free(ps);
+        if (!queued || !conn_send(&t->trk, 1, exec, NULL, on_retracked, ps, pset_free, "EXEC", 1))
             fail(t, "tracking: cannot queue the new prefixes");
-        }
     }
     return 0;
 }

@@ -10,12 +10,16 @@ Environment:
   CEDRA_SPOA_WRAPPER  command prepended to cedra-spoa, e.g.
                       "valgrind --leak-check=full --error-exitcode=99
                        --errors-for-leak-kinds=definite,indirect"
+  CEDRA_AGENT_WRAPPER the same for cedra-agent (agent_wrapper())
+  CEDRA_SLOW_FACTOR   multiplier for deadlines (slow_factor()); default 20
+                      under a wrapper, else 1 (e.g. 4 for ThreadSanitizer builds)
   CEDRA_HAPROXY_BIN   haproxy binary [haproxy]
   CEDRA_WRK_BIN       wrk binary [wrk]
   CEDRA_KEEP_TMP      keep temporary directories (set to 1)
 """
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -46,9 +50,34 @@ def spoa_wrapper():
     return shlex.split(os.environ.get("CEDRA_SPOA_WRAPPER", ""))
 
 
+def agent_wrapper():
+    return shlex.split(os.environ.get("CEDRA_AGENT_WRAPPER", ""))
+
+
 def slow_factor():
-    """Timeouts are stretched when the daemon runs under a wrapper (valgrind)."""
-    return 20.0 if spoa_wrapper() else 1.0
+    """Timeouts are stretched when a daemon runs under a wrapper (valgrind) or
+    an instrumented build (CEDRA_SLOW_FACTOR)."""
+    if os.environ.get("CEDRA_SLOW_FACTOR"):
+        return float(os.environ["CEDRA_SLOW_FACTOR"])
+    return 20.0 if spoa_wrapper() or agent_wrapper() else 1.0
+
+
+# A sanitizer or valgrind report in a process's stderr fails the test even when
+# the exit status does not show it (a process killed on purpose, a report in a
+# child): ASan, LSan and TSan end a report with "SUMMARY: <Name>Sanitizer: ...",
+# UBSan built with -fno-sanitize-recover prints only "file:l:c: runtime error:".
+MEMCHECK_REPORT = re.compile(rb"^(==\d+== )?SUMMARY: \w*Sanitizer: .*$"
+                             rb"|^\S+:\d+:\d+: runtime error: .*$"
+                             rb"|^==\d+== ERROR SUMMARY: [1-9]\d* errors.*$", re.M)
+
+
+def memcheck_reports(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    return [m.group(0).decode(errors="replace") for m in MEMCHECK_REPORT.finditer(data)]
 
 
 def haproxy_bin():
@@ -316,7 +345,7 @@ class Env(object):
             "CEDRA_HAPROXY_LOG": "stderr",
             "CEDRA_HAPROXY_LOG_LEVEL": "info",
         }
-        if spoa_wrapper():
+        if slow_factor() > 1:
             env["CEDRA_SPOE_TIMEOUT_PROCESSING"] = "2s"
             env["CEDRA_SPOE_TIMEOUT_HELLO"] = "5s"
         if extra_env:
@@ -335,13 +364,15 @@ class Env(object):
     def stop_all(self):
         for proc in reversed(self.procs):
             was_alive = proc.alive()
-            rc = proc.stop(timeout=10 * (slow_factor() if proc.name.startswith("cedra-spoa") else 1))
+            rc = proc.stop(timeout=10 * (slow_factor() if proc.name.startswith("cedra-") else 1))
             if proc.expect_rc is not None and was_alive and rc not in proc.expect_rc:
                 self.problems.append("%s (pid %d) exited with %r after SIGTERM, expected %r" % (
                     proc.name, proc.pid, rc, proc.expect_rc))
             elif proc.expect_rc is not None and not was_alive and rc not in proc.expect_rc:
                 self.problems.append("%s (pid %d) had already exited with %r" % (
                     proc.name, proc.pid, rc))
+            for report in memcheck_reports(proc.err_path):
+                self.problems.append("%s (pid %d): %s" % (proc.name, proc.pid, report))
 
     def dump(self):
         sys.stderr.write("\n===== logs in %s =====\n" % self.dir)

@@ -138,7 +138,7 @@ class EdgeNode(object):
         self.deliver_port = harness.free_port()
         self.spoa_sock = env.path("cedra-spoa-%s.sock" % label)
         extra = ["valkey 127.0.0.1:%d" % valkey_port,
-                 "valkey-timeout 80ms",
+                 "valkey-timeout %dms" % (80 * harness.slow_factor()),
                  "pool stable key-prefix %s routes %s" % (PREFIX, table),
                  "deliver 127.0.0.1:%d" % self.deliver_port,
                  "stats-socket %s" % self.spoa_sock,

@@ -248,7 +248,7 @@ class AgentTest(harness.IntegrationTestCase):
                              timeout=10)
         if out.returncode != 0:
             raise AssertionError("cedra-agent -c: %r" % out)
-        cls.agent = env.spawn("cedra-agent", [agent_bin(), "-f", cls.agent_conf])
+        cls.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", cls.agent_conf])
         env.wait_ready(cls.agent, lambda: os.path.exists(cls.agent_sock), 10, "operator socket")
 
     @classmethod
@@ -637,7 +637,7 @@ class AgentTest(harness.IntegrationTestCase):
             "register cedra-agent id cedra-agent-second ttl 1s\nhealth-window 500ms\n"
             "reconcile-interval 100ms\n") % (SVC, self.double.addr, env.path("nothing.sock"),
                                           env.path("second.sock")))
-        p = env.spawn("cedra-agent-second", [agent_bin(), "-f", conf])
+        p = env.spawn("cedra-agent-second", harness.agent_wrapper() + [agent_bin(), "-f", conf])
 
         def critical():
             reg = self.double.registrations()

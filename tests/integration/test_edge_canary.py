@@ -368,7 +368,7 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
         out = subprocess.run([agent_bin(), "-c", "-f", conf], capture_output=True, timeout=10)
         if out.returncode != 0:
             raise AssertionError("cedra-agent -c: %r" % (out,))
-        cls.agent = env.spawn("cedra-agent", [agent_bin(), "-f", conf])
+        cls.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", conf])
         env.wait_ready(cls.agent, lambda: os.path.exists(cls.agent_sock), 10, "operator socket")
 
         # the SPOE answers (not ERROR) before any measurement
