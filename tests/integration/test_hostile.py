@@ -43,6 +43,8 @@ LOCALES = ("fr", "nl", "en")
 LIVE_PINS = ("stable.b1", "canary.b2")
 # A Location the edge may emit: a same-origin path under a locale, printable
 # ASCII only (no CR/LF/NUL/space), never a backslash.
+# One event per line (DESIGN section 4); a quoted value escapes what it must.
+LOG_LINE = re.compile(r'^ts=\S+ level=[a-z]+ prog=cedra-\w+ event=[a-z_0-9]+( [a-z_0-9.]+=("([^"\\\x00-\x1f]|\\.)*"|[^ "\x00-\x1f]*))*$')
 SAFE_LOCATION = re.compile(r"^/(fr|nl|en)(/[\x21-\x7e]*|\?[\x21-\x7e]*)?$")
 
 
@@ -90,6 +92,12 @@ def sanitized(binary):
             return b"__asan_init" in f.read()
     except OSError:
         return False
+
+
+def log_lines_broken(proc):
+    """Lines of a daemon's stderr that are not one key=value event."""
+    return [l for l in proc.stderr_text().splitlines()
+            if not LOG_LINE.match(l) and not re.match(r"^==\d+==", l)]  # (valgrind's own)
 
 
 def rss_kib(pid):
@@ -389,6 +397,7 @@ class HostileHttpTest(HostileHttpBase):
             if i % 10 == 9:
                 self.assertSpoaHealthy(case["id"])
         self.assertSpoaHealthy("the whole HTTP corpus")
+        self.assertEqual(log_lines_broken(self.agent)[:5], [], "log lines broken by the HTTP corpus")
         print("\nhostile HTTP corpus: %d cases, outcomes %r" % (len(spec["cases"]), seen))
 
     def test_field_matrix(self):
@@ -402,6 +411,7 @@ class HostileHttpTest(HostileHttpBase):
                     self.run_http_case(what, case, field["expect"])
                 n += 1
             self.assertSpoaHealthy("field %s" % field["id"])
+        self.assertEqual(log_lines_broken(self.agent)[:5], [], "log lines broken by the field matrix")
         print("\nhostile field matrix: %d requests" % n)
 
     def test_pool_cookies(self):
@@ -693,7 +703,8 @@ class SpopHostileTest(harness.IntegrationTestCase):
     def setUpClass(cls):
         super().setUpClass()
         try:
-            cls.agent = cls.cenv.start_spoa(threads=2, max_frame_size=16380)
+            # debug: every event that may quote client bytes is written
+            cls.agent = cls.cenv.start_spoa(threads=2, max_frame_size=16380, log_level="debug")
         except BaseException:
             cls.tearDownClass()
             raise
@@ -714,6 +725,10 @@ class SpopHostileTest(harness.IntegrationTestCase):
             self.assertIn(v.get("status"), (302, 307), what)
             self.assertTrue(v["location"].startswith("/" + v["locale"]), what)
         return v
+
+    def assertLogLinesIntact(self, what):
+        """Client bytes never break the one-event-per-line log."""
+        self.assertEqual(log_lines_broken(self.agent)[:5], [], "%s: log lines not of the key=value form" % what)
 
     def good_request(self, what):
         self.assertTrue(self.agent.alive(), "cedra-spoa died after %s (rc=%r)" % (
@@ -816,6 +831,7 @@ class SpopHostileTest(harness.IntegrationTestCase):
                 got = self.run_case(case)
                 outcomes[got] = outcomes.get(got, 0) + 1
             self.good_request(case["id"])
+        self.assertLogLinesIntact("the SPOP corpus")
         print("\nhostile SPOP corpus: %d cases, outcomes %r" % (len(spec["cases"]), outcomes))
 
     def test_many_connections_holding_partial_frames(self):
@@ -871,6 +887,7 @@ class SpopHostileTest(harness.IntegrationTestCase):
                                 self.check_vars(what, c.ack_for(3, 4))
                         n += 1
             self.good_request("field %s" % field)
+        self.assertLogLinesIntact("the SPOP matrix")
         print("\nhostile SPOP field matrix: %d NOTIFYs" % n)
 
 
@@ -1081,6 +1098,7 @@ class OpsockHostileBase(object):
         harness.wait_until(lambda: b"Pid:" in opsock_cmd(self.sock_path, b"show info"), 10 * SF,
                            what="operator socket served again after the concurrent clients left")
         self.healthy(label + " after all")
+        self.assertEqual(log_lines_broken(self.daemon)[:5], [], "%s: log lines broken" % label)
         rss1 = rss_kib(self.daemon.pid)
         bound = spec["rss_bound_mib"] * 1024 * (4 if sanitized(self.daemon.argv[-3]) else 1)
         print("\n%s operator socket abuse: RSS %d KiB before, peak %d KiB, %d KiB after (bound +%d KiB)"
