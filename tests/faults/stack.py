@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IT = os.path.join(HERE, "..", "integration")
@@ -145,7 +145,7 @@ class Stack(object):
         harness.require_tool("redis-server")
         harness.require_tool("node")
         if not os.access(agent_bin(), os.X_OK):
-            raise RuntimeError("cedra-agent not built (%s)" % agent_bin())
+            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
         for b in BUILDS:
             self.projects[b] = nf.setup_variant(VARIANT, build_id=b, revalidate=REVALIDATE)
 
