@@ -933,7 +933,7 @@ static void watch_start(struct consul_watch *w)
         timeout = cfg->request_timeout;
     }
     if (cfg->stale) {
-        n += (size_t)snprintf(params + n, sizeof(params) - n, "%cstale", sep);
+        snprintf(params + n, sizeof(params) - n, "%cstale", sep);
         sep = '&';
     }
     url = str_printf("%s/v1/health/service/%s%s%s%s", c->base, w->service_esc, params,
@@ -1289,6 +1289,7 @@ void consul_shutdown(struct consul *c, consul_done_cb *done, void *udata)
     c->done = done;
     c->done_udata = udata;
     while (c->watches)
+        /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): the call unlinks the head */
         watch_destroy(c->watches);
     ev_timer_stop(c->loop, &g->timer);
     if (g->req) {
@@ -1555,9 +1556,11 @@ void consul_free(struct consul *c)
         return;
     g = &c->reg;
     while (c->watches)
+        /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): the call unlinks the head */
         watch_destroy(c->watches);
     g->req = NULL;
     while (c->reqs)
+        /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): the call unlinks the head */
         creq_cancel(c->reqs);
     if (c->multi) {
         /* Our sockets go below; curl must not call back into freed state. */
@@ -1566,6 +1569,7 @@ void consul_free(struct consul *c)
         curl_multi_cleanup(c->multi);
     }
     while (c->socks)
+        /* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): the call unlinks the head */
         sock_free(c, c->socks);
     if (c->loop) {
         ev_timer_stop(c->loop, &c->curl_timer);

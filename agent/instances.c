@@ -515,13 +515,13 @@ int instances_parse(const char *json, size_t len, const struct instances_cfg *cf
         set_err(err, errlen, "%zu entries, more than %zu", rep->entries, cfg->max_instances);
         goto fail;
     }
-    if (rep->entries) {
-        tmp = calloc(rep->entries, sizeof(*tmp));
-        cws = calloc(rep->entries, sizeof(*cws));
-        if (!tmp || !cws) {
-            set_err(err, errlen, "out of memory");
-            goto fail;
-        }
+    /* One spare element: an empty array gets buffers too, so no path below
+     * indexes a NULL array (json_array_foreach runs entries times). */
+    tmp = calloc(rep->entries + 1, sizeof(*tmp));
+    cws = calloc(rep->entries + 1, sizeof(*cws));
+    if (!tmp || !cws) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
     }
     c = (struct ctx){.cfg = cfg, .rep = rep, .err = err, .errlen = errlen};
     json_array_foreach(root, i, e)

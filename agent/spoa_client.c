@@ -270,6 +270,7 @@ static void check_pools(struct spoa_client *sc, const char *ans)
             const struct spoa_pool_want *a = &sc->ack.v.pool[k];
             bool bad = false;
             char q[300];
+            uint64_t w;
 
             if (ci_pool >= n || strcmp(f[ci_pool], pool_kind_name((enum pool_kind)k)) != 0)
                 continue;
@@ -281,7 +282,7 @@ static void check_pools(struct spoa_client *sc, const char *ans)
             if (ci_build >= 0 && ci_build < n && a->build[0] && strcmp(f[ci_build], a->build) != 0)
                 bad = true;
             if (k == POOL_CANARY && ci_weight >= 0 && ci_weight < n && sc->ack.weight_known &&
-                atoi(f[ci_weight]) != sc->ack.v.weight) {
+                (parse_uint(f[ci_weight], 0, 100, &w) < 0 || (int)w != sc->ack.v.weight)) {
                 sc->ack.weight_known = false;
                 log_notice("spoa_pool_mismatch", "pool=canary field=weight have=%s want=%d",
                            log_quote(q, sizeof(q), f[ci_weight], strlen(f[ci_weight])),

@@ -108,8 +108,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 struct httpd *httpd_start(const struct httpd_config *cfg, struct metrics *m, char *err,
                           size_t errlen)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
     struct httpd *h;
     int fd;
 
@@ -130,9 +128,7 @@ struct httpd *httpd_start(const struct httpd_config *cfg, struct metrics *m, cha
         free(h);
         return NULL;
     }
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    h->port = net_local_port(fd);
     /* MHD_USE_ITC: without it, a thread that stopped polling the listening
      * socket at the connection limit sleeps until a timeout once slots are
      * free again, and so does MHD_stop_daemon() (seconds of no /metrics and

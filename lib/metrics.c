@@ -729,12 +729,13 @@ static void render_histogram(struct tbuf *b, const struct metrics_family *f, str
 {
     uint64_t cum = 0, snap[METRICS_MAX_BUCKETS + 1];
     char val[64], le[48];
+    const size_t nb = f->nbounds; /* one bound for both loops: every snap[] read was written */
 
-    for (size_t i = 0; i <= f->nbounds; i++)
+    for (size_t i = 0; i <= nb; i++)
         snap[i] = atomic_load_explicit(&s->u.h.buckets[i], memory_order_relaxed);
-    for (size_t i = 0; i <= f->nbounds; i++) {
+    for (size_t i = 0; i <= nb; i++) {
         cum += snap[i];
-        snprintf(le, sizeof(le), "le=\"%s\"", i < f->nbounds ? f->le[i] : "+Inf");
+        snprintf(le, sizeof(le), "le=\"%s\"", i < nb ? f->le[i] : "+Inf");
         snprintf(val, sizeof(val), "%llu", (unsigned long long)cum);
         render_sample(b, f->name, "_bucket", s->labels, le, val);
     }

@@ -62,7 +62,7 @@ fail:
 
 int net_accept(int lfd)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0}; /* the analyzer cannot see accept4() fill it */
     socklen_t sl = sizeof(ss);
     int fd, one = 1;
 
@@ -75,4 +75,18 @@ int net_accept(int lfd)
     if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;
+}
+
+unsigned net_local_port(int fd)
+{
+    struct sockaddr_storage ss = {0};
+    socklen_t sl = sizeof(ss);
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+        return 0;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port);
+    if (ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&ss)->sin_port);
+    return 0;
 }

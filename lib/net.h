@@ -17,5 +17,7 @@ int net_listen(const struct endpoint *ep, int backlog, bool reuseport, unsigned 
 /* Accepts one connection, non-blocking and close-on-exec, with TCP_NODELAY on
  * TCP. Returns the fd or -1 (errno set; EAGAIN when none is pending). */
 int net_accept(int lfd);
+/* Local TCP port of a bound socket (host order), 0 when it has none. */
+unsigned net_local_port(int fd);
 
 #endif

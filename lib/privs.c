@@ -144,8 +144,9 @@ int privs_chown(const struct privs *p, const char *path, char *err, size_t errle
 
 int privs_drop(const struct privs *p, bool *dropped, char *err, size_t errlen)
 {
-    uid_t ru, eu, su;
-    gid_t rg, eg, sg, g = privs_run_gid(p);
+    /* -1 ("unknown") in the error message when getresuid/getresgid fail. */
+    uid_t ru = (uid_t)-1, eu = (uid_t)-1, su = (uid_t)-1;
+    gid_t rg = (gid_t)-1, eg = (gid_t)-1, sg = (gid_t)-1, g = privs_run_gid(p);
 
     *dropped = false;
     if (!p->has_user && !p->has_group)

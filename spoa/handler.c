@@ -855,7 +855,8 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->t0 = now_mono();
     p->variant = variant;
     if (variant == ISR_SEGMENT) {
-        memcpy(p->segment, rq->segment_value.p, rq->segment_value.len);
+        if (rq->segment_value.len) /* .p may be NULL when empty */
+            memcpy(p->segment, rq->segment_value.p, rq->segment_value.len);
         p->segment_len = rq->segment_value.len;
     }
     /* Next answers 304 only to If-None-Match without no-cache and without

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, builds (plain, ASan+UBSan,
-# libFuzzer), runs unit tests twice, fuzzers, integration tests against real
-# HAProxy, a valgrind pass over the daemon, and make distcheck.
+# ThreadSanitizer, libFuzzer), static analysis (cppcheck, clang-tidy), unit
+# tests twice, fuzzers, the integration tests against real HAProxy once under
+# ASan+UBSan and once under TSan, valgrind over both daemons, and make
+# distcheck. tests/README.md describes the analysers.
 # Ends with one line: "N passed, N failed[, N skipped]"; exits 1 on any failure.
 #
 # Environment: CEDRA_FUZZ_SECONDS (default 15) per fuzz target (two run at a time);
-# CEDRA_SKIP="distcheck valgrind fuzz" skips stages (for quick local runs).
+# CEDRA_SKIP="distcheck valgrind fuzz tsan tidy" skips stages (quick local runs).
 set -uo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,7 +57,7 @@ else
   record FAIL build/werror
 fi
 
-stage "static checks: cppcheck and clang-format"
+stage "static checks: cppcheck, clang-tidy and clang-format"
 csrc=$(git -C "$top" ls-files 'lib/*.[ch]' 'spoa/*.[ch]' 'agent/*.[ch]' 'tests/unit/*.c' 'tests/fuzz/*.c' 'bench/*.c' 2>/dev/null ||
        find lib spoa agent tests/unit tests/fuzz bench -name '*.[ch]')
 out=$(mktemp)
@@ -67,6 +69,26 @@ if (cd "$top" && cppcheck --quiet --error-exitcode=1 --enable=warning,performanc
 else
   record FAIL static/cppcheck
   head -40 "$out"
+fi
+# clang-tidy with the checks of .clang-tidy over lib/, spoa/ and agent/; the
+# compilation database comes from a clang build in build-tidy (bear --append:
+# only the files make recompiles are recorded again).
+if skipped tidy; then
+  record SKIP static/clang-tidy
+elif CC=clang "$top/scripts/build.sh" "$top/build-tidy" >/dev/null &&
+     { [ -s "$top/build-tidy/compile_commands.json" ] || make -C "$top/build-tidy" clean >/dev/null; } &&
+     (cd "$top/build-tidy" && bear --append --output compile_commands.json -- make -j"$(nproc)" >/dev/null 2>&1); then
+  t0=$SECONDS
+  if run-clang-tidy-14 -p "$top/build-tidy" -j"$(nproc)" -quiet "$top/(lib|spoa|agent)/" >"$out" 2>&1 &&
+     ! grep -qE '(warning|error): ' "$out"; then
+    record PASS static/clang-tidy
+  else
+    record FAIL static/clang-tidy
+    sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -E -A3 '(warning|error): ' | head -60
+  fi
+  echo "clang-tidy: $((SECONDS - t0))s"
+else
+  record FAIL static/clang-tidy
 fi
 # shellcheck disable=SC2086 # $csrc: one word per file, on purpose
 if (cd "$top" && clang-format --dry-run -Werror $csrc >"$out" 2>&1); then
@@ -136,13 +158,50 @@ else
   fi
 fi
 
-stage "integration tests (HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'))"
+# Sanitizer runtime options for the daemons under test: stop at the first
+# report with a non-zero status (LeakSanitizer: 23 at exit, after SIGTERM);
+# the harness fails the test on that status and on any "SUMMARY: *Sanitizer"
+# line in a process's stderr.
+export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$top/tests/tsan.supp"
+
+# The one integration run uses the ASan+UBSan daemons of build-asan (the
+# release binaries only when that build failed).
+itbuild="$top/build-asan"
+[ -x "$itbuild/spoa/cedra-spoa" ] && [ -x "$itbuild/agent/cedra-agent" ] || itbuild="$top/build"
+stage "integration tests under ASan+UBSan ($itbuild; HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'))"
 out=$(mktemp)
-CEDRA_SPOA="$top/build/spoa/cedra-spoa" CEDRA_AGENT="$top/build/agent/cedra-agent" \
+t0=$SECONDS
+CEDRA_SPOA="$itbuild/spoa/cedra-spoa" CEDRA_AGENT="$itbuild/agent/cedra-agent" \
   python3 "$top/tests/integration/run.py" --timeout 1800 2>&1 | tee "$out"
 grep -E '^(PASS|FAIL|SKIP) ' "$out" | sed 's/^\(PASS\|FAIL\|SKIP\) /\1 integration\//' >>"$results"
 grep -qE '^integration: [0-9]+ passed' "$out" || record FAIL "integration/runner"
+echo "integration stage: $((SECONDS - t0))s"
 rm -f "$out"
+
+if skipped tsan; then
+  record SKIP tsan
+else
+  # cedra-spoa runs worker threads: the whole suite again with ThreadSanitizer
+  # daemons. Deadlines stretch by CEDRA_SLOW_FACTOR (TSan costs 5-15x CPU).
+  stage "integration tests under ThreadSanitizer"
+  if "$top/scripts/build.sh" "$top/build-tsan" --enable-werror --enable-sanitizers=thread; then
+    record PASS build/tsan
+    out=$(mktemp)
+    t0=$SECONDS
+    CEDRA_SLOW_FACTOR=${CEDRA_TSAN_SLOW_FACTOR:-10} \
+    CEDRA_SPOA="$top/build-tsan/spoa/cedra-spoa" CEDRA_AGENT="$top/build-tsan/agent/cedra-agent" \
+      python3 "$top/tests/integration/run.py" -q --timeout 2400 >"$out" 2>&1
+    grep -E '^(PASS|FAIL|SKIP) ' "$out" | sed 's/^\(PASS\|FAIL\|SKIP\) /\1 tsan\//' >>"$results"
+    grep -E '^integration: ' "$out" || { record FAIL "tsan/runner"; tail -60 "$out"; }
+    grep -qE '^integration: [0-9]+ passed, 0 failed' "$out" || sed -n '/^=\{20,\}$/,$p' "$out" | head -200
+    echo "tsan stage: $((SECONDS - t0))s"
+    rm -f "$out"
+  else
+    record FAIL build/tsan
+  fi
+fi
 
 stage "fault suite under load (tests/faults, short profile)"
 out=$(mktemp)
@@ -155,24 +214,33 @@ rm -f "$out"
 if skipped valgrind; then
   record SKIP valgrind
 else
+  # The harness fails a test when the daemon exits non-zero (99: valgrind
+  # found errors) or prints a non-zero ERROR SUMMARY.
+  vg="valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --error-exitcode=99 --track-fds=no"
+  valgrind_run() { # valgrind_run NAME WRAPPER_VAR TESTS...
+    local name=$1 var=$2 out t0=$SECONDS
+    shift 2
+    local only=()
+    for t in "$@"; do only+=(--only "$t"); done
+    out=$(mktemp)
+    env "$var=$vg" CEDRA_SPOA="$top/build/spoa/cedra-spoa" CEDRA_AGENT="$top/build/agent/cedra-agent" \
+      python3 "$top/tests/integration/run.py" "${only[@]}" >"$out" 2>&1
+    if grep -qE '^integration: [1-9][0-9]* passed, 0 failed' "$out"; then
+      record PASS "valgrind/$name"
+      grep -E '^integration:' "$out"
+    else
+      record FAIL "valgrind/$name"
+      tail -80 "$out"
+    fi
+    echo "valgrind $name: $((SECONDS - t0))s"
+    rm -f "$out"
+  }
   stage "valgrind: cedra-spoa through HAProxy and the black-box client"
-  out=$(mktemp)
-  only=()
-  for t in ${CEDRA_VALGRIND_TESTS:-test_haproxy.HaproxyTest.test_locale_through_haproxy test_haproxy.HaproxyTest.test_big_cookie_fragmented_notify test_spop_blackbox}; do
-    only+=(--only "$t")
-  done
-  CEDRA_SPOA="$top/build/spoa/cedra-spoa" \
-  CEDRA_SPOA_WRAPPER="valgrind --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --error-exitcode=99 --track-fds=no" \
-    python3 "$top/tests/integration/run.py" "${only[@]}" >"$out" 2>&1
-  # The harness fails a test when the daemon exits non-zero (99: valgrind found errors).
-  if grep -qE '^integration: [1-9][0-9]* passed, 0 failed' "$out"; then
-    record PASS valgrind/cedra-spoa
-    grep -E '^integration:' "$out"
-  else
-    record FAIL valgrind/cedra-spoa
-    tail -80 "$out"
-  fi
-  rm -f "$out"
+  # shellcheck disable=SC2086 # a list of test ids, one word each
+  valgrind_run cedra-spoa CEDRA_SPOA_WRAPPER ${CEDRA_VALGRIND_TESTS:-test_haproxy.HaproxyTest.test_locale_through_haproxy test_haproxy.HaproxyTest.test_big_cookie_fragmented_notify test_spop_blackbox}
+  stage "valgrind: cedra-agent against Consul, HAProxy and cedra-spoa"
+  # shellcheck disable=SC2086 # a list of test ids, one word each
+  valgrind_run cedra-agent CEDRA_AGENT_WRAPPER ${CEDRA_VALGRIND_AGENT_TESTS:-test_agent.AgentTest test_edge_canary}
 fi
 
 # README command 1 (scripts/demo.sh) runs once in the integration stage:

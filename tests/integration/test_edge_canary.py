@@ -463,7 +463,10 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
         self.wait_slots("storefront_stable", ["s1", "s2"])
         self.wait_slots("storefront_canary", [])
         self.wait_pools({"stable": ("b1", 100)})
-        self.assertEqual(self.spoa_pools()["stable"]["key_prefix"], "storefront:b1:")
+        # cedra-spoa's own configuration already names build b1 (key-prefix s:):
+        # the agent's push is the key prefix changing.
+        harness.wait_until(lambda: self.spoa_pools()["stable"]["key_prefix"] == "storefront:b1:",
+                           POLL, interval=0.01, what="the agent's stable pool in cedra-spoa")
         seen = {}
         for _ in range(20):
             a = request(self.port)
