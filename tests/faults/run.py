@@ -344,7 +344,8 @@ def self_check():
         return a
     rv = ld.Revalidation("stable", "chair", t_call_wall=500.0, t_call_mono=50.0)
     rv.t_done_mono = 51.0
-    rv.timeline["nl"] = [(51.0, None), (52.0, "old-rid")]
+    rv.timeline["nl"] = [(51.0, None), (52.0, "old-rid"), (70.0, None)]
+    rv.timeline["en"] = [(50.9, "gone-rid"), (51.0, None)]
     pc = "/fr/products/chair"
     cases = [
         (ans("canary", "/fr/about", build="canary", lang="fr", page="about:fr"), "ok"),
@@ -364,6 +365,10 @@ def self_check():
              rid="y", t0=60.0), "ok"),
         (ans("stable", "/nl/products/chair", build="stable", lang="nl",
              page="product:nl:chair", rendered=499.0, rid="old-rid", t0=60.0), "stale_origin"),
+        (ans("stable", "/nl/products/chair", build="stable", lang="nl",
+             page="product:nl:chair", rendered=499.0, rid="old-rid", t0=71.0), "wrong"),
+        (ans("stable", "/en/products/chair", build="stable", lang="en",
+             page="product:en:chair", rendered=499.0, rid="gone-rid", t0=52.0), "wrong"),
         (ans("canary", pc, status=502, cport=2001), "origin5xx"),
         (ans("canary", pc, status=503, cport=2002), "edge5xx"),
         (ans("canary", pc, status=502, cport=2003), "edge5xx"),
