@@ -554,6 +554,16 @@ int main(int argc, char **argv)
         }
     }
 
+    /* Handlers before the workers answer: a SIGTERM right after the first
+     * health check must not meet the default action, in whichever thread the
+     * kernel delivers it (libmicrohttpd's, a sanitizer runtime's). */
+    ev_signal_init(&sterm, on_stop, SIGTERM);
+    ev_signal_init(&sint, on_stop, SIGINT);
+    ev_signal_init(&shup, on_hup, SIGHUP);
+    sterm.data = sint.data = shup.data = &d;
+    ev_signal_start(loop, &sterm);
+    ev_signal_start(loop, &sint);
+    ev_signal_start(loop, &shup);
     /* Workers must not take the signals: only the main loop handles them. */
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
@@ -575,13 +585,6 @@ int main(int argc, char **argv)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
-    ev_signal_init(&sterm, on_stop, SIGTERM);
-    ev_signal_init(&sint, on_stop, SIGINT);
-    ev_signal_init(&shup, on_hup, SIGHUP);
-    sterm.data = sint.data = shup.data = &d;
-    ev_signal_start(loop, &sterm);
-    ev_signal_start(loop, &sint);
-    ev_signal_start(loop, &shup);
     if (rc == 0 && d.l1) {
         const char *pfx[SPOA_MAX_POOLS];
         struct tracking_cfg tc = {.addr = d.conf->valkey_addr,
