@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "instances.h"
+#include "state_file.h"
 #include "log.h"
 #include "util.h"
 
@@ -273,6 +274,59 @@ void agent_round_now(struct agent *a)
 static void round_end(struct agent *a, bool ok, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+static void state_warn(struct agent *a, const char *why)
+{
+    char q[300];
+
+    if (strcmp(why, a->state_warned) != 0) {
+        log_warning("server_state_file_failed", "path=%s error=%s", a->conf->server_state_file,
+                    log_quote(q, sizeof(q), why, strlen(why)));
+        str_copy(a->state_warned, why, sizeof(a->state_warned));
+    }
+}
+
+static void state_cb_save(struct hapi *h, int status, const char *ans, size_t len, void *priv)
+{
+    struct agent *a = priv;
+    char err[256];
+    uint64_t hash;
+
+    (void)h;
+    a->state_pending = false;
+    if (status == HAPI_EABORT || a->stopping || !a->conf->server_state_file[0])
+        return;
+    if (status != HAPI_OK) {
+        state_warn(a, hapi_strerror(status));
+        return;
+    }
+    if (state_file_check(ans, len, err, sizeof(err)) < 0) {
+        state_warn(a, err);
+        return;
+    }
+    hash = state_file_hash(ans, len);
+    if (hash == a->state_hash)
+        return;
+    if (state_file_write(a->conf->server_state_file, ans, len, err, sizeof(err)) < 0) {
+        state_warn(a, err);
+        return;
+    }
+    a->state_hash = hash;
+    if (a->state_warned[0]) {
+        log_notice("server_state_file_written", "path=%s", a->conf->server_state_file);
+        a->state_warned[0] = '\0';
+    }
+}
+
+/* After a good round, HAProxy's own view of every server (all backends: the
+ * file is global) goes to the server-state-file when it changed. */
+static void state_save(struct agent *a)
+{
+    if (!a->conf->server_state_file[0] || a->state_pending)
+        return;
+    if (hapi_command(a->h, "show servers state", state_cb_save, a) == 0)
+        a->state_pending = true;
+}
+
 static void round_end(struct agent *a, bool ok, const char *fmt, ...)
 {
     struct agent_round *r = &a->r;
@@ -293,6 +347,7 @@ static void round_end(struct agent *a, bool ok, const char *fmt, ...)
             log_notice("reconcile_recovered", "socket=%s", a->conf->haproxy_socket);
             a->round_error[0] = '\0';
         }
+        state_save(a);
         spoa_sync(a);
     } else {
         char msg[512], q[540];
@@ -1349,6 +1404,10 @@ void agent_reload(struct agent *a, const struct agent_conf *nc)
     c->spoa_verify_interval = nc->spoa_verify_interval;
     str_copy(c->key_prefix, nc->key_prefix, sizeof(c->key_prefix));
     str_copy(c->routes, nc->routes, sizeof(c->routes));
+    if (strcmp(c->server_state_file, nc->server_state_file) != 0) {
+        str_copy(c->server_state_file, nc->server_state_file, sizeof(c->server_state_file));
+        a->state_hash = 0;
+    }
     log_set_level(c->log_level);
     if (spoa_changed) {
         spoa_client_free(a->spoa);

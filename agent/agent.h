@@ -124,6 +124,10 @@ struct agent {
     double paused_since;
     int op_weight; /* operator override, -1 = none */
 
+    uint64_t state_hash;    /* of the server-state-file last written */
+    bool state_pending;     /* a "show servers state" for it is queued */
+    char state_warned[256]; /* last reason it could not be written */
+
     struct spoa_client *spoa;
     struct spoa_want spoa_want;
     bool spoa_want_valid;

@@ -455,6 +455,17 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         return parse_socket_path(l->argv[1], c->haproxy_socket, sizeof(c->haproxy_socket), err,
                                  errlen);
     }
+    if (!strcmp(kw, "server-state-file")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0)
+            return -1;
+        if (l->argv[1][0] != '/' || strlen(l->argv[1]) >= sizeof(c->server_state_file) - 8) {
+            snprintf(err, errlen, "server-state-file: an absolute path under %zu bytes",
+                     sizeof(c->server_state_file) - 8);
+            return -1;
+        }
+        str_copy(c->server_state_file, l->argv[1], sizeof(c->server_state_file));
+        return 0;
+    }
     if (!strcmp(kw, "haproxy-timeout"))
         return cfg_want_args(l, 1, err, errlen) < 0
                    ? -1

@@ -67,6 +67,9 @@ struct agent_conf {
     double interval;                     /* reconcile round every ... */
     double drain_interval;               /* ... and this often while a slot drains */
     unsigned max_slots;                  /* per backend; fixed */
+    /* HAProxy's server-state-file: rewritten after a round that changed it,
+     * so that a restarted HAProxy comes back with the slots ("" = none). */
+    char server_state_file[AGENT_TMPL_MAX]; /* reloadable */
 
     /* ---- cedra-spoa operator socket (reloadable) ---- */
     char spoa_socket[AGENT_SOCK_MAX]; /* "" = do not push to cedra-spoa */

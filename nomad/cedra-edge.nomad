@@ -291,6 +291,8 @@ job "cedra-edge" {
         CEDRA_HTTP_BIND               = ":${NOMAD_PORT_http}"
         CEDRA_SPOA_ADDR               = "unix@${NOMAD_ALLOC_DIR}/run/spoa.sock"
         CEDRA_HAPROXY_SOCK            = "${NOMAD_ALLOC_DIR}/run/haproxy-admin.sock"
+        # written by cedra-agent after each round: a restarted HAProxy keeps its slots
+        CEDRA_SERVER_STATE_FILE       = "${NOMAD_ALLOC_DIR}/run/haproxy-servers.state"
         CEDRA_DELIVER_ADDR            = "127.0.0.1:${NOMAD_PORT_deliver}"
         CEDRA_CANARY_SLOTS            = var.canary_slots
         CEDRA_NBTHREAD                = var.haproxy_threads
@@ -419,6 +421,7 @@ job "cedra-edge" {
         canary-weight ${var.canary_weight}
 
         haproxy-socket {{ env "NOMAD_ALLOC_DIR" }}/run/haproxy-admin.sock
+        server-state-file {{ env "NOMAD_ALLOC_DIR" }}/run/haproxy-servers.state
         spoa-socket {{ env "NOMAD_ALLOC_DIR" }}/run/spoa-admin.sock
         key-prefix storefront:%%{build}:
         routes {{ env "NOMAD_ALLOC_DIR" }}/routes/%%{build}.table
