@@ -571,6 +571,10 @@ int main(int argc, char **argv)
     sigaddset(&block, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &block, &old);
     d.workers = calloc(d.conf->threads, sizeof(*d.workers));
+    if (!d.workers) {
+        log_error("worker_failed", "error=\"out of memory\"");
+        rc = 1;
+    }
     for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
         struct worker *w = worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten,
                                       d.deliver, d.l1, d.stats);
@@ -609,10 +613,10 @@ int main(int argc, char **argv)
             (long)getpid());
         ev_run(loop, 0);
     } else {
-        for (unsigned i = 0; i < d.nworkers; i++)
+        for (unsigned i = 0; d.workers && i < d.nworkers; i++)
             worker_stop(d.workers[i]);
     }
-    for (unsigned i = 0; i < d.nworkers; i++) {
+    for (unsigned i = 0; d.workers && i < d.nworkers; i++) {
         worker_join(d.workers[i]);
         worker_free(d.workers[i]);
     }

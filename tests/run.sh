@@ -167,13 +167,14 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$top/tests/tsan.supp"
 
 # The one integration run uses the ASan+UBSan daemons of build-asan (the
-# release binaries only when that build failed).
-itbuild="$top/build-asan"
-[ -x "$itbuild/spoa/cedra-spoa" ] && [ -x "$itbuild/agent/cedra-agent" ] || itbuild="$top/build"
+# release binaries only when that build failed). ASan doubles the CPU cost:
+# deadlines (and valkey-timeout in the Next.js tests) stretch by 2.
+itbuild="$top/build-asan" itslow=${CEDRA_ASAN_SLOW_FACTOR:-2}
+[ -x "$itbuild/spoa/cedra-spoa" ] && [ -x "$itbuild/agent/cedra-agent" ] || itbuild="$top/build" itslow=1
 stage "integration tests under ASan+UBSan ($itbuild; HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'))"
 out=$(mktemp)
 t0=$SECONDS
-CEDRA_SPOA="$itbuild/spoa/cedra-spoa" CEDRA_AGENT="$itbuild/agent/cedra-agent" \
+CEDRA_SLOW_FACTOR=$itslow CEDRA_SPOA="$itbuild/spoa/cedra-spoa" CEDRA_AGENT="$itbuild/agent/cedra-agent" \
   python3 "$top/tests/integration/run.py" --timeout 1800 2>&1 | tee "$out"
 grep -E '^(PASS|FAIL|SKIP) ' "$out" | sed 's/^\(PASS\|FAIL\|SKIP\) /\1 integration\//' >>"$results"
 grep -qE '^integration: [0-9]+ passed' "$out" || record FAIL "integration/runner"
