@@ -497,20 +497,6 @@ static const char *var_for_header(const char *name, bool second)
     return NULL;
 }
 
-/* HAProxy's lf-string escapes the control bytes of a variable (a newline
- * comes out as "%0A"), TAB and bytes >= 0x80 aside: a body holding any cannot
- * go through the "http-request return" rules. */
-static bool lf_safe(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return false;
-    }
-    return true;
-}
-
 /* Room for the status line, end of headers, data block and HTX's own
  * header, and for what the shipped http-after-response rules add. */
 #define EDGE_HTX_OVERHEAD 128
@@ -529,8 +515,11 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
 
     if (status != 200 && status != 404 && status != 304)
         return false;
-    if (!not_modified && !lf_safe(e->body, e->body_len))
-        return false; /* the delivery path serves it byte for byte */
+    /* HAProxy's lf-string escapes the control bytes of a variable (a newline
+     * comes out as "%0A"), TAB and bytes >= 0x80 aside: the delivery path
+     * serves such a body byte for byte. */
+    if (!not_modified && e->body_has_ctl)
+        return false;
     if (isr_headers(e, state, not_modified, &p->conf->isr, &hs) < 0)
         return false;
     /* HAProxy builds the whole answer of a return rule in one buffer

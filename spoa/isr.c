@@ -810,6 +810,11 @@ static enum isr_err parse_value(struct isr_entry *e, json_t *val, const struct i
         return ISR_TOO_BIG;
     e->body = json_string_value(html);
     e->body_len = json_string_length(html);
+    for (size_t i = 0; i < e->body_len && !e->body_has_ctl; i++) {
+        unsigned char ch = (unsigned char)e->body[i];
+
+        e->body_has_ctl = (ch < 0x20 && ch != '\t') || ch == 0x7f;
+    }
 
     /* `if (cachedData.status)`: absent, null or 0 keep 200. */
     status = json_object_get(val, "status");

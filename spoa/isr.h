@@ -96,6 +96,10 @@ struct isr_entry {
     const char *body; /* value.html, UTF-8, NUL-terminated (may hold NULs) */
     size_t body_len;
     size_t body_units; /* its length in UTF-16 code units (the ETag's length) */
+    /* It holds a control byte other than TAB (or DEL): HAProxy's lf-string
+     * would escape it, so such a body cannot go into an ACK variable.
+     * Computed once here, not per request. */
+    bool body_has_ctl;
     bool has_rsc, has_segments;
     /* value.rscData and value.segmentData decoded once (the handler's
      * Buffer.from(s, "base64")), for App Router navigations and prefetches.
