@@ -24,6 +24,11 @@
 #      NOTIFY at once with the ACK cedra-spoa sent for this page: what the
 #      shipped HAProxy side costs with an agent that does next to nothing
 #      (needs B; the agent is Python, its CPU is shown apart)
+#   K  a design probe, not the shipped design: S's SPOE exchange (the fake
+#      agent answers action, cache, locale and an entry version), then the page
+#      from HAProxy's own "cache", keyed by that version (set-uri + cache-use),
+#      filled once from a server: what handing HAProxy the body by cache
+#      rather than by ACK variables would buy
 #   S  A's static return behind the shipped SPOE filter and message, with
 #      "bench/fake_spoa.py --minimal" answering one variable: the SPOE exchange
 #      alone, the ceiling of B/A and B/D for any agent on this HAProxy
@@ -46,7 +51,7 @@
 #   CEDRA_BENCH_ORIGIN       1: set up (setup.sh v16, may build for minutes)
 #                            and run E; 0: never; unset: run E if the v16
 #                            fixture is already built
-#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHS]
+#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHKS]
 #   CEDRA_BENCH_KEEP=1       keep the temporary directory (logs, raw outputs)
 #   CEDRA_SPOA               cedra-spoa binary       [build/spoa/cedra-spoa]
 # Total time without E: ~20 s of setup and checks, then (6 wrk variants + F) x
@@ -67,7 +72,7 @@ wrk_t=${CEDRA_BENCH_WRK_THREADS:-2}
 conns=${CEDRA_BENCH_CONNECTIONS:-50}
 nbthread=${CEDRA_BENCH_NBTHREAD:-2}
 spoa_threads=${CEDRA_BENCH_SPOA_THREADS:-2}
-variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHS}
+variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHKS}
 origin_mode=${CEDRA_BENCH_ORIGIN:-auto}
 path=/fr/products/chair
 fixture=$repo/tests/fixtures/storefront
@@ -117,7 +122,7 @@ wait_port() { # NAME PORT [SECONDS]
 }
 
 read -r p_redis p_stub p_spoa p_deliver p_a p_b p_c p_d p_oredis p_next p_fake p_g p_spoa0 p_deliver0 p_h \
-    p_fake_s p_s < <("${util[@]}" ports 17)
+    p_fake_s p_s p_fake_k p_k p_fill < <("${util[@]}" ports 20)
 [[ $variants == *G* && $variants != *B* ]] && variants=${variants//G/}   # G replays B's agent
 # H: cedra-spoa with its L1 off, if it has one.
 printf 'listen 127.0.0.1:%s\nl1-size 0\n' "$p_spoa0" >"$tmp/l1-probe.conf"
@@ -204,6 +209,12 @@ if has S; then
     start hap_s env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_s" CEDRA_SPOA_ADDR="127.0.0.1:$p_fake_s" \
         CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$tmp/spoe_floor.cfg"
 fi
+if has K; then
+    start fake_k env FAKE_SPOA_VARS="action=edge,cache=HIT,locale=fr,ver=v1" python3 "$here/fake_spoa.py" --minimal "$p_fake_k"
+    wait_port fake_k "$p_fake_k"
+    start hap_k env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_k" CEDRA_SPOA_ADDR="127.0.0.1:$p_fake_k" \
+        CEDRA_FILL_ADDR="127.0.0.1:$p_fill" CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$tmp/spoe_cache.cfg"
+fi
 has A && start hap_a env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_a" haproxy -db -f "$tmp/static.cfg"
 lua_env=(CEDRA_LUA_SCRIPT="$here/lua/cedra_edge.lua" CEDRA_LUA_VALKEY="127.0.0.1:$p_redis"
          CEDRA_LUA_KEY_PREFIX=storefront: CEDRA_LUA_ROUTES="$repo/tests/fixtures/isr/v16/routes.table"
@@ -214,9 +225,9 @@ has C && start hap_c env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=0 CE
 has D && start hap_d env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=1 CEDRA_HTTP_BIND="127.0.0.1:$p_d" \
     haproxy -db -f "$here/lua/haproxy-lua.cfg"
 
-declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s)
+declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k)
 wait_port stub "$p_stub"
-for v in A B C D G H S; do
+for v in A B C D G H S K; do
     if has $v; then wait_port "hap_${v,,}" "${port[$v]}"; fi
 done
 
@@ -244,7 +255,7 @@ else
 fi
 
 # ---- check what each variant answers before measuring ---------------------------
-for v in A B C D G H S; do
+for v in A B C D G H S K; do
     has $v && "${util[@]}" verify "$v" "${port[$v]}" "$tmp" 200 >&2
 done
 
@@ -255,6 +266,7 @@ has B && procs[B]="haproxy=$pid_hap_b cedra-spoa=$pid_spoa valkey=$pid_redis"
 has C && procs[C]="haproxy=$pid_hap_c valkey=$pid_redis"
 has D && procs[D]="haproxy=$pid_hap_d valkey=$pid_redis"
 has G && procs[G]="haproxy=$pid_hap_g fake-agent=$pid_fake"
+has K && procs[K]="haproxy=$pid_hap_k fake-agent=$pid_fake_k"
 has S && procs[S]="haproxy=$pid_hap_s fake-agent=$pid_fake_s"
 has H && procs[H]="haproxy=$pid_hap_h cedra-spoa=$pid_spoa0 valkey=$pid_redis"
 has E && procs[E]="next=$pid_next valkey=$pid_oredis"
@@ -268,7 +280,7 @@ run_rb() { # OUTFILE
 }
 
 log "warm-up: ${warm}s per variant"
-for v in A B C D E G H S; do
+for v in A B C D E G H S K; do
     has $v && run_wrk $v "$warm" "$tmp/warm.$v"
 done
 if has F; then
@@ -279,7 +291,7 @@ if has F; then
 fi
 
 order=""
-for v in A B C D E F G H S; do has $v && order+=$v; done
+for v in A B C D E F G H S K; do has $v && order+=$v; done
 spoa_before="" spoa0_before=""
 has B && spoa_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa.sock")
 has H && spoa0_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")

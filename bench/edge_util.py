@@ -192,6 +192,40 @@ def seed(rport, out):
                   spoe_conf, os.path.join(out, "body.html"), hdrs) + spoa_backend)
     with open(os.path.join(out, "spoe_floor.cfg"), "w") as f:
         f.write(cfg_s)
+    # Variant K (a design probe, not what haproxy/ ships): the SPOE decision
+    # on every request as in S, the body from HAProxy's own cache keyed by an
+    # entry version the agent names (txn.cedra.ver), filled once per version
+    # from a server (here a frontend of the same process returning the file).
+    vary = expected["vary"]
+    cfg_k = ("# variant K of bench/edge.sh: SPOE + HAProxy's cache keyed by version (edge_util.py seed)\n" +
+             head +
+             ("cache edge\n"
+              "    total-max-size 64\n"
+              "    max-object-size 1000000\n"
+              "    max-age 86400\n\n"
+              "frontend fe_http\n"
+              "    bind \"${CEDRA_HTTP_BIND}\"\n"
+              "    filter spoe engine cedra config %s\n"
+              "    filter cache edge\n"
+              "    acl edge var(txn.cedra.action) -m str edge\n"
+              "    http-request return status 503 content-type text/plain string \"no SPOE answer\" if !edge\n"
+              "    http-request set-uri \"/.cedra/%%[var(txn.cedra.ver)]\"\n"
+              "    http-request cache-use edge\n"
+              "    use_backend be_fill\n"
+              "    http-response del-header vary\n"
+              "    http-response cache-store edge\n"
+              "    http-after-response set-header vary \"%s\"\n"
+              "    http-after-response del-header age\n"
+              "    http-after-response set-header x-cedra-cache \"%%[var(txn.cedra.cache)]\"\n"
+              "    http-after-response set-header x-cedra-locale \"%%[var(txn.cedra.locale)]\"\n\n"
+              "backend be_fill\n"
+              "    server fill \"${CEDRA_FILL_ADDR}\"\n\n"
+              "frontend fill\n"
+              "    bind \"${CEDRA_FILL_ADDR}\"\n"
+              "    http-request return status 200 content-type \"text/html; charset=utf-8\" file %s %s\n\n") % (
+                  spoe_conf, vary, os.path.join(out, "body.html"), hdrs) + spoa_backend)
+    with open(os.path.join(out, "spoe_cache.cfg"), "w") as f:
+        f.write(cfg_k)
     print("seeded %s (%d bytes of JSON, %d bytes of HTML, revalidate %d s)" % (
         PREFIX + ROUTE_KEY, len(raw), len(body), REVALIDATE))
 
@@ -389,6 +423,7 @@ NAMES = {
     "F": "redis-benchmark GET of the same value",
     "G": "HAProxy (shipped cfg) + do-nothing agent replaying B's ACK",
     "S": "A behind the shipped SPOE filter, 1-variable ACK (floor)",
+    "K": "SPOE (4-variable ACK) + HAProxy cache keyed by version",
 }
 
 
@@ -421,7 +456,7 @@ def report(d, title):
         print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
     print()
     print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
-    for v in "ABHCDEGS":
+    for v in "ABHCDEGSK":
         rs = wrk.get(v)
         if not rs:
             continue
@@ -448,6 +483,8 @@ def report(d, title):
             ("G/A", "G", "A", "HAProxy side, agent ~free"),
             ("S/A", "S", "A", "SPOE exchange alone: ceiling of B/A"),
             ("S/D", "S", "D", "SPOE exchange alone: ceiling of B/D"),
+            ("K/A", "K", "A", "design probe: bodies in HAProxy's cache"),
+            ("K/D", "K", "D", "design probe: bodies in HAProxy's cache"),
             ("D/A", "D", "A", "Lua cache vs static"), ("C/A", "C", "A", "Lua lookup vs static")]:
         if x in med and y in med and med[y] > 0:
             r = med[x] / med[y]
@@ -460,7 +497,7 @@ def report(d, title):
         print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
         print("sent, all rounds; wrk's own CPU not included):")
         cost = {}
-        for v in "ABHCDEGS":
+        for v in "ABHCDEGSK":
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
@@ -474,7 +511,9 @@ def report(d, title):
                                    ("G/A", "G", "A", "HAProxy side, agent ~free"),
                                    ("G/D", "G", "D", ""), ("G/C", "G", "C", ""),
                                    ("S/A", "S", "A", "ceiling of B/A with SPOE"),
-                                   ("S/D", "S", "D", "ceiling of B/D with SPOE")]:
+                                   ("S/D", "S", "D", "ceiling of B/D with SPOE"),
+                                   ("K/A", "K", "A", "design probe"),
+                                   ("K/D", "K", "D", "design probe")]:
             if x in cost and y in cost and cost[x] > 0:
                 print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
     print()
