@@ -112,6 +112,22 @@ def free_port(host="127.0.0.1"):
         s.close()
 
 
+def free_ports(n, host="127.0.0.1"):
+    """n distinct free ports: all bound at once, then released (free_port()
+    called n times may return the same port twice)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_until(pred, timeout, interval=0.02, what="condition"):
     """Poll pred() until it returns a true value (returned) or timeout."""
     deadline = time.monotonic() + timeout

@@ -123,10 +123,9 @@ def run_env(tmp):
     for k in list(env):
         if k.startswith("CEDRA_DEMO_"):
             del env[k]
-    ports = {}
-    for var in PORT_VARS:
-        ports[var] = harness.free_port()
-        env[var] = str(ports[var])
+    ports = dict(zip(PORT_VARS, harness.free_ports(len(PORT_VARS))))
+    for var, port in ports.items():
+        env[var] = str(port)
     env["CEDRA_SPOA"] = harness.spoa_bin()
     env["CEDRA_AGENT"] = agent_bin()
     # sanitizer builds are slower: stretch the edge's timeouts, not the steps
