@@ -305,6 +305,12 @@ static void choose_pool(struct handler *h, const struct request *rq, const struc
             }
         }
     }
+    /* Both pools on one build (a promotion in flight: cedra-agent has just
+     * moved stable to the promoted build and will turn the canary off next):
+     * there is no build to choose, so nobody is pinned, or re-pinned. */
+    if (canary != &conf->pools[0] && conf->pools[0].build_id[0] &&
+        strcmp(canary->build_id, conf->pools[0].build_id) == 0)
+        return;
     who->pool = next_rand(h) % 100 < conf->canary_weight ? (int)(canary - conf->pools) : 0;
     snprintf(who->pin_value, sizeof(who->pin_value), "%s.%s", conf->pools[who->pool].name,
              conf->pools[who->pool].build_id);

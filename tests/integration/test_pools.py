@@ -121,6 +121,22 @@ class PoolsTest(HaproxyCase):
         for _ in range(20):
             self.assertEqual(self.served_by(self.get()[1]), "stable")
 
+        # Promotion in flight: cedra-agent moves stable to the promoted build
+        # before it turns the canary off. With both pools on one build there
+        # is nothing to choose: a stale pin (the old stable build) or no pin
+        # is not pinned anew, while a valid canary pin still holds.
+        self.cmd("set pool canary weight 100")
+        self.cmd("set pool stable key-prefix c: routes pathname build b2")
+        for cookie in ("cedra_pool=stable.b1", None):
+            for _ in range(20):
+                st, hdrs, _ = self.get(cookie=cookie)
+                self.assertEqual((st, self.served_by(hdrs)), (200, "stable"), cookie)
+                self.assertNotIn("set-cookie", hdrs, cookie)
+        st, hdrs, _ = self.get(cookie="cedra_pool=canary.b2")
+        self.assertEqual(self.served_by(hdrs), "canary")
+        self.assertNotIn("set-cookie", hdrs)
+        self.cmd("set pool stable key-prefix s: routes pathname build b1")
+
         # Canary gone (auto-revert): its users are back on stable, unpinned.
         self.cmd("set pool canary off")
         st, hdrs, _ = self.get(cookie="cedra_pool=canary.b2")
