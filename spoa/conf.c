@@ -506,10 +506,6 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         }
         return 0;
     }
-    if (!strcmp(kw, "default-locale")) {
-        if (cfg_want_args(l, 1, err, errlen) < 0)
-            return -1;
-        if (locale_set_default(&c->locales, l->argv[1]) < 0) {
     if (!strcmp(kw, "user") || !strcmp(kw, "group")) {
         if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
@@ -523,6 +519,10 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         c->privs.allow_root = true;
         return 0;
     }
+    if (!strcmp(kw, "default-locale")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0)
+            return -1;
+        if (locale_set_default(&c->locales, l->argv[1]) < 0) {
             snprintf(err, errlen, "default-locale '%s' is not in 'locales'", l->argv[1]);
             return -1;
         }
@@ -550,12 +550,12 @@ static int finish(struct spoa_conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "a 'pool stable ...' must come first");
         return -1;
     }
+    if (privs_finish(&c->privs, err, errlen) < 0)
+        return -1;
     if (c->valkey_addr[0] && c->npools == 0) {
         snprintf(err, errlen, "'valkey' is set but no 'pool stable ...' says which keys to read");
         return -1;
     }
-    if (privs_finish(&c->privs, err, errlen) < 0)
-        return -1;
     return 0;
 }
 
