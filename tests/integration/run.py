@@ -9,6 +9,7 @@ Exit status 1 when anything failed (errors count as failures).
 
   --only PATTERN   run only tests whose id contains PATTERN, or matches it as
                    a glob (fnmatch) when it contains * ? or [; repeatable
+  --skip PATTERN   leave out tests matching PATTERN (same matching); repeatable
   --timeout SECS   abort the whole run after SECS (default 300), dumping stacks
   -q               less unittest output
 """
@@ -86,6 +87,7 @@ class RecordingResult(unittest.TextTestResult):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="cedra-edge integration tests")
     ap.add_argument("--only", action="append", default=[], metavar="PATTERN")
+    ap.add_argument("--skip", action="append", default=[], metavar="PATTERN")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -100,6 +102,8 @@ def main(argv=None):
         selected += [t for t in iter_tests(suite)
                      if t.id().startswith("unittest.loader") and t not in selected]
         suite = unittest.TestSuite(selected)
+    if args.skip:
+        suite = unittest.TestSuite([t for t in iter_tests(suite) if not matches(t.id(), args.skip)])
 
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=1 if args.quiet else 2,
                                      resultclass=RecordingResult)
