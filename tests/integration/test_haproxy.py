@@ -382,7 +382,8 @@ class HaproxyTest(HaproxyCase):
             self.assertOrigin(st, h, body)
             self.assertEqual(h.get("x-cedra-cache"), "ERROR", h)
             self.assertNotIn("x-cedra-locale", h)
-            self.assertLess(elapsed, 1.0 * SF, "request %d took %.3fs" % (i, elapsed))
+            # "timeout processing" is 100 ms, 2 s under a slow factor (harness)
+            self.assertLess(elapsed, 1.0 + (2.0 if SF > 1 else 0.1), "request %d took %.3fs" % (i, elapsed))
         self.assertGreater(fake.notifies, 0, "the fake agent never received a NOTIFY")
 
     def test_kill9_under_load_then_restart(self):

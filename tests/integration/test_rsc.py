@@ -329,6 +329,11 @@ class _RscEdge(object):
         self.assertEqual(rv.status, 200, "%s: %r" % (self.VARIANT, rv))
         harness.wait_until(lambda: not redis_cmd(self.rport, "EXISTS", nf.PREFIX + self.key(path)), 5,
                            interval=0.001, what="%s: revalidateTag applied" % self.VARIANT)
+        # The deletion's invalidation reaches the L1 within its own latency
+        # (sub-millisecond here, more under sanitizers): from the first answer
+        # without the old payload on, the old payload never comes back.
+        harness.wait_until(lambda: self.a.get(target, headers).body != old, 2 * SF, interval=0.001,
+                           what="%s: the edge drops the old payload" % self.VARIANT)
         for i in range(6):
             r = self.a.get(target, headers)
             self.assertEqual(r.status, 200, self.VARIANT)
