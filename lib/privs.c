@@ -1,5 +1,7 @@
 #include "privs.h"
 
+#include "cfgfile.h"
+
 #include <errno.h>
 #include <grp.h>
 #include <limits.h>
@@ -70,6 +72,26 @@ int privs_set_group(struct privs *p, const char *arg, char *err, size_t errlen)
     }
     p->has_group = true;
     str_copy(p->group, arg, sizeof(p->group));
+    return 0;
+}
+
+int privs_conf_line(struct privs *p, const struct cfg_line *l, char *err, size_t errlen)
+{
+    const char *kw = l->argv[0];
+
+    if (!strcmp(kw, "user") || !strcmp(kw, "group")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0)
+            return -1;
+        if (!strcmp(kw, "user"))
+            return privs_set_user(p, l->argv[1], err, errlen) < 0 ? -1 : 1;
+        return privs_set_group(p, l->argv[1], err, errlen) < 0 ? -1 : 1;
+    }
+    if (!strcmp(kw, "allow-root")) {
+        if (cfg_want_args(l, 0, err, errlen) < 0)
+            return -1;
+        p->allow_root = true;
+        return 1;
+    }
     return 0;
 }
 

@@ -39,6 +39,11 @@ struct privs {
  * -1 with a reason. */
 int privs_set_user(struct privs *p, const char *arg, char *err, size_t errlen);
 int privs_set_group(struct privs *p, const char *arg, char *err, size_t errlen);
+struct cfg_line;
+/* The keywords both daemons' files share: "user", "group", "allow-root".
+ * 1 when the line was one of them (applied), 0 when it is another keyword,
+ * -1 with a reason. */
+int privs_conf_line(struct privs *p, const struct cfg_line *l, char *err, size_t errlen);
 /* After the whole file: a numeric user without a passwd entry needs "group".
  * 0, or -1 with a reason. */
 int privs_finish(const struct privs *p, char *err, size_t errlen);

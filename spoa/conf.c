@@ -234,6 +234,7 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
     struct spoa_conf *c = ud;
     const char *kw = l->argv[0];
     uint64_t v;
+    int pr;
 
     if (!strcmp(kw, "listen")) {
         if (cfg_want_args(l, 1, err, errlen) < 0)
@@ -506,19 +507,8 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         }
         return 0;
     }
-    if (!strcmp(kw, "user") || !strcmp(kw, "group")) {
-        if (cfg_want_args(l, 1, err, errlen) < 0)
-            return -1;
-        if (!strcmp(kw, "user"))
-            return privs_set_user(&c->privs, l->argv[1], err, errlen);
-        return privs_set_group(&c->privs, l->argv[1], err, errlen);
-    }
-    if (!strcmp(kw, "allow-root")) {
-        if (cfg_want_args(l, 0, err, errlen) < 0)
-            return -1;
-        c->privs.allow_root = true;
-        return 0;
-    }
+    if ((pr = privs_conf_line(&c->privs, l, err, errlen)) != 0)
+        return pr < 0 ? -1 : 0;
     if (!strcmp(kw, "default-locale")) {
         if (cfg_want_args(l, 1, err, errlen) < 0)
             return -1;
