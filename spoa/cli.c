@@ -26,7 +26,8 @@ static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
     opsock_printf(out, "Listen: %s\n", c->nlisten ? c->listen[0].text : "");
     opsock_printf(out, "Valkey: %s\n", c->valkey_addr[0] ? c->valkey_addr : "none");
     opsock_printf(out, "Deliver: %s\n", c->has_deliver ? c->deliver.text : "none");
-    opsock_printf(out, "Spop_connections: %.0f\n", metrics_gauge_value(st->stats->spop_open));
+    opsock_printf(out, "Spop_connections: %.0f\nSpop_max_connections: %u\n",
+                  metrics_gauge_value(st->stats->spop_open), spoa_conf_max_connections(c));
     if (st->l1) {
         struct l1_stats ls;
 
@@ -70,6 +71,7 @@ static int show_stat(struct opsock_out *out, int argc, char **argv, void *ud)
         {"unknown_messages", offsetof(struct spoa_stats, other_messages)},
         {"valkey_errors", offsetof(struct spoa_stats, lookup_errors)},
         {"spop_connections", offsetof(struct spoa_stats, spop_connections)},
+        {"spop_refused", offsetof(struct spoa_stats, spop_refused)},
         {"spop_errors", offsetof(struct spoa_stats, spop_errors)},
         {"spop_aborted", offsetof(struct spoa_stats, spop_aborted)},
     };

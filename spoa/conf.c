@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cfgfile.h"
 #include "spoe.h"
@@ -281,6 +282,12 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
             v < SPOE_FRAME_MIN || v > 64 * 1024 * 1024)
             goto bad;
         c->max_reassembly = v;
+        return 0;
+    }
+    if (!strcmp(kw, "max-connections")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 1000000, &v) < 0)
+            goto bad;
+        c->max_connections = (unsigned)v;
         return 0;
     }
     if (!strcmp(kw, "max-inflight")) {
@@ -563,4 +570,17 @@ int spoa_conf_load_string(const char *text, struct spoa_conf *c, char *err, size
     if (cfg_parse_string("<string>", text, on_line, c, err, errlen) < 0)
         return -1;
     return finish(c, err, errlen);
+}
+
+unsigned spoa_conf_max_connections(const struct spoa_conf *c)
+{
+    struct rlimit rl;
+    rlim_t n;
+
+    if (c->max_connections)
+        return c->max_connections;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 1000000;
+    n = rl.rlim_cur > 256 ? (rl.rlim_cur - 256) / 2 : 0;
+    return n < 16 ? 16 : n > 1000000 ? 1000000 : (unsigned)n;
 }

@@ -40,6 +40,7 @@ struct spoa_conf {
     uint32_t max_frame_size;
     uint64_t max_reassembly;
     unsigned max_inflight;
+    unsigned max_connections; /* SPOP connections of the process; 0: from RLIMIT_NOFILE */
     double hello_timeout;
     double idle_timeout;
     double drain_timeout;
@@ -95,6 +96,10 @@ struct spoa_conf *spoa_conf_dup(const struct spoa_conf *c);
 int spoa_conf_set_pool(struct spoa_conf *c, int argc, char **argv, char *err, size_t errlen);
 /* The pool called name, or NULL. */
 const struct spoa_pool *spoa_conf_pool(const struct spoa_conf *c, const char *name);
+/* max-connections, or without it half of what RLIMIT_NOFILE leaves once 256
+ * descriptors are set aside (the rest is for the delivery path, Valkey and
+ * the operator sockets), at least 16. */
+unsigned spoa_conf_max_connections(const struct spoa_conf *c);
 /* Frees what a configuration owns (route tables); the struct itself stays. */
 void spoa_conf_clear(struct spoa_conf *c);
 /* Loads path over the defaults. Returns 0, or -1 with a reason in err. */

@@ -229,15 +229,17 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     }
     /* Sockets, threads and frame sizes are fixed at start-up. */
     if (c->threads != d->conf->threads || c->nlisten != d->conf->nlisten ||
-        c->max_frame_size != d->conf->max_frame_size)
-        log_notice("reload_partial",
-                   "reason=\"listen, threads and max-frame-size need a restart\"");
+        c->max_frame_size != d->conf->max_frame_size ||
+        c->max_connections != d->conf->max_connections)
+        log_notice("reload_partial", "reason=\"listen, threads, max-frame-size and "
+                                     "max-connections need a restart\"");
     memcpy(c->listen, d->conf->listen, sizeof(c->listen));
     c->nlisten = d->conf->nlisten;
     c->threads = d->conf->threads;
     c->max_frame_size = d->conf->max_frame_size;
     c->max_reassembly = d->conf->max_reassembly;
     c->max_inflight = d->conf->max_inflight;
+    c->max_connections = d->conf->max_connections;
     /* So are the connections and servers built from these. */
     memcpy(c->valkey_addr, d->conf->valkey_addr, sizeof(c->valkey_addr));
     c->has_deliver = d->conf->has_deliver;

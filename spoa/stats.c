@@ -15,7 +15,10 @@ struct spoa_stats *spoa_stats_new(void)
     struct spoa_stats *s = calloc(1, sizeof(*s));
     struct metrics_family *f;
 
-    if (!s || !(s->m = metrics_new()))
+    if (!s)
+        return NULL;
+    atomic_init(&s->spop_live, 0);
+    if (!(s->m = metrics_new()))
         goto fail;
     f = metrics_counter_family(s->m, "cedra_spoa_requests_total",
                                "Requests decided, by decision and x-cedra-cache status.",
@@ -51,14 +54,17 @@ struct spoa_stats *spoa_stats_new(void)
     s->spop_notifies = metrics_counter(s->m, "cedra_spoa_spop_notifies_total",
                                        "NOTIFY frames received (reassembled when fragmented).");
     s->spop_open = metrics_gauge(s->m, "cedra_spoa_spop_connections", "SPOP connections open.");
+    s->spop_refused =
+        metrics_counter(s->m, "cedra_spoa_spop_refused_total",
+                        "SPOP connections closed as soon as accepted: max-connections reached.");
     s->spop_errors = metrics_counter(s->m, "cedra_spoa_spop_errors_total",
                                      "SPOP connections ended by a protocol error of the peer.");
     s->spop_aborted = metrics_counter(s->m, "cedra_spoa_spop_aborted_total",
                                       "Fragmented NOTIFYs aborted by HAProxy.");
     if (!s->not_modified || !s->revalidations || !s->redirect_refused || !s->ack_too_big ||
         !s->other_messages || !s->lookup_errors || !s->l1_hits || !s->lookup_seconds ||
-        !s->spop_connections || !s->spop_notifies || !s->spop_open || !s->spop_errors ||
-        !s->spop_aborted)
+        !s->spop_connections || !s->spop_notifies || !s->spop_open || !s->spop_refused ||
+        !s->spop_errors || !s->spop_aborted)
         goto fail;
     return s;
 fail:

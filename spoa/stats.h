@@ -3,6 +3,8 @@
 #ifndef CEDRA_SPOA_STATS_H
 #define CEDRA_SPOA_STATS_H
 
+#include <stdatomic.h>
+
 #include "metrics.h"
 
 enum stat_decision { DEC_EDGE, DEC_DELIVER, DEC_PASS, DEC_REDIRECT, DEC_N };
@@ -22,6 +24,10 @@ struct spoa_stats {
     struct metrics_counter *spop_connections;
     struct metrics_counter *spop_notifies;
     struct metrics_gauge *spop_open;
+    struct metrics_counter *spop_refused;
+    /* Open SPOP connections of all workers: what max-connections is checked
+     * against (the gauge above is for reading only). */
+    atomic_uint spop_live;
     struct metrics_counter *spop_errors;
     struct metrics_counter *spop_aborted;
 };

@@ -45,6 +45,9 @@ struct worker {
     struct spoe_conn_cfg spoe;
     struct conn_node conns; /* list head */
     unsigned nconns;
+    unsigned max_conns;    /* of the process, all workers together */
+    unsigned refused;      /* since the last spop_conn_limit warning */
+    double refused_logged; /* ev_now() of that warning */
 
     struct handler *handler;
     struct spoa_stats *stats;
@@ -106,6 +109,7 @@ static void on_free(struct spoe_conn *conn, void *udata)
     n->next->prev = n->prev;
     free(n);
     w->nconns--;
+    atomic_fetch_sub(&w->stats->spop_live, 1);
     metrics_gauge_add(w->stats->spop_open, -1);
     maybe_exit(w);
 }
@@ -123,6 +127,29 @@ static void on_accept_retry(struct ev_loop *loop, ev_timer *t, int revents)
 
     for (unsigned i = 0; i < w->nls; i++)
         ev_io_start(loop, &w->ls[i].io);
+}
+
+/* Over the limit, the connection is closed at once: HAProxy sees it fail and
+ * the request fails open, while the descriptors Valkey, the delivery path and
+ * the operator socket need are still there. One warning a second at most. */
+static bool over_limit(struct worker *w, int fd)
+{
+    double now;
+
+    if (atomic_fetch_add(&w->stats->spop_live, 1) < w->max_conns)
+        return false;
+    atomic_fetch_sub(&w->stats->spop_live, 1);
+    close(fd);
+    metrics_counter_inc(w->stats->spop_refused);
+    w->refused++;
+    now = ev_now(w->loop);
+    if (now - w->refused_logged >= 1.0) {
+        log_warning("spop_conn_limit", "worker=%u max_connections=%u refused=%u", w->id,
+                    w->max_conns, w->refused);
+        w->refused_logged = now;
+        w->refused = 0;
+    }
+    return true;
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
@@ -146,13 +173,17 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
             }
             return;
         }
+        if (over_limit(w, fd))
+            continue;
         n = malloc(sizeof(*n));
         if (!n) {
+            atomic_fetch_sub(&w->stats->spop_live, 1);
             close(fd);
             return;
         }
         n->conn = spoe_conn_new(loop, fd, &w->spoe);
         if (!n->conn) {
+            atomic_fetch_sub(&w->stats->spop_live, 1);
             free(n);
             return;
         }
@@ -238,6 +269,7 @@ struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, u
     atomic_init(&w->next_conf, NULL);
     atomic_init(&w->stop_requested, false);
     w->conns.next = w->conns.prev = &w->conns;
+    w->max_conns = spoa_conf_max_connections(conf);
     w->spoe = (struct spoe_conn_cfg){
         .max_frame_size = conf->max_frame_size,
         .max_reassembly = conf->max_reassembly,

@@ -887,6 +887,59 @@ class SpopHostileTest(harness.IntegrationTestCase):
         print("\nhostile SPOP field matrix: %d NOTIFYs" % n)
 
 
+class SpopConnectionLimitTest(harness.IntegrationTestCase):
+    """max-connections: beyond it a connection is closed as soon as accepted;
+    the connections already open keep working, and a slot freed is reused."""
+
+    def stat(self, name):
+        out = opsock_cmd(self.sock, b"show stat").decode()
+        return int(re.search(r"^%s,,(\d+)$" % name, out, re.M).group(1))
+
+    def test_connections_beyond_the_limit_are_refused(self):
+        self.sock = self.env.path("spoa.sock")
+        agent = self.env.start_spoa(threads=2, extra="max-connections 3\nstats-socket %s" % self.sock)
+        self.assertIn(b"Spop_max_connections: 3\n", opsock_cmd(self.sock, b"show info"))
+        # The start-up health check's connection may not be accounted closed yet.
+        harness.wait_until(lambda: b"Spop_connections: 0\n" in opsock_cmd(self.sock, b"show info"),
+                           10 * SF, what="no SPOP connection open")
+        held = []
+        try:
+            for _ in range(3):
+                c = sc.Connection(agent.addr, timeout=T)
+                held.append(c)
+                c.hello()
+            # Both workers' listeners: the limit is the process's, not a worker's.
+            for i in range(6):
+                s = socket.create_connection(agent.addr, timeout=T)
+                try:
+                    try:
+                        s.sendall(sc.haproxy_hello())
+                        data = s.recv(4096)
+                    except (ConnectionResetError, BrokenPipeError):
+                        data = b""  # closed before (or while) our HELLO arrived
+                    self.assertEqual(data, b"", "connection %d beyond the limit was served" % (i + 4))
+                finally:
+                    s.close()
+            self.assertEqual(self.stat("spop_refused"), 6)
+            self.assertRegex(agent.stderr_text(), r"event=spop_conn_limit worker=\d max_connections=3 ")
+            # The three held connections were not harmed.
+            for i, c in enumerate(held):
+                c.notify(1, i + 1, [sc.cedra_req("/fr/products/chair")])
+                self.assertEqual(sc.actions_to_vars(c.ack_for(1, i + 1)).get("locale"), "fr")
+            held.pop().close()
+
+            def served():
+                with sc.Connection(agent.addr, timeout=T) as c:
+                    c.hello()
+                    c.notify(2, 2, [sc.cedra_req("/nl/x")])
+                    return sc.actions_to_vars(c.ack_for(2, 2)).get("locale") == "nl"
+            harness.wait_until(served, 10 * SF, what="a freed slot taken by a new connection")
+        finally:
+            for c in held:
+                c.close()
+        self.assertTrue(agent.alive())
+
+
 class SpopValkeyHostileTest(harness.IntegrationTestCase):
     """Connections that vanish while their lookups are still in Valkey (or
     while Valkey is frozen): the answers must find nothing freed under them."""

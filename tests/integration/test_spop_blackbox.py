@@ -516,11 +516,14 @@ class LifecycleTest(harness.IntegrationTestCase):
         good = self.env.spoa_config("127.0.0.1:%d" % harness.free_port())
         bad = self.env.write("bad.conf", "listen 127.0.0.1:1\nno-such-keyword 1\n")
         bad2 = self.env.write("bad2.conf", "listen 127.0.0.1:1\nthreads many\n")
+        bad_limits = [self.env.write("bad-limit%d.conf" % i, "listen 127.0.0.1:1\n%s\n" % line)
+                      for i, line in enumerate(("max-connections 0", "max-connections 1000001",
+                                                "max-connections", "max-connections -1"))]
         run = lambda *a: subprocess.run([binary] + list(a), stdout=subprocess.PIPE,  # noqa: E731
                                         stderr=subprocess.PIPE, timeout=20)
         r = run("-c", "-f", good)
         self.assertEqual(r.returncode, 0, r.stderr)
-        for cfg in (bad, bad2, self.env.path("missing.conf")):
+        for cfg in [bad, bad2, self.env.path("missing.conf")] + bad_limits:
             r = run("-c", "-f", cfg)
             self.assertEqual(r.returncode, 1, "%s: %s" % (cfg, r.stderr))
         r = run("-v")
