@@ -1,13 +1,13 @@
 #include "agent_cli.h"
 
 #include <inttypes.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "agent.h"
 #include "config.h"
 #include "log.h"
+#include "opcmd.h"
 #include "opsock.h"
 #include "util.h"
 
@@ -372,32 +372,14 @@ static int show_stat(struct opsock_out *out, int argc, char **argv, void *ud)
     return 0;
 }
 
-static int set_log_level(struct opsock_out *out, int argc, char **argv, void *ud)
-{
-    enum log_level lvl;
-
-    if (argc != 3 || log_level_parse(argv[2], &lvl) < 0)
-        return opsock_error(out, "usage: set log-level error|warning|notice|info|debug");
-    log_set_level(lvl);
-    log_notice("log_level", "level=%s by=operator", log_level_name(lvl));
-    return 0;
-}
-
 static int show_metrics(struct opsock_out *out, int argc, char **argv, void *ud)
 {
     struct agent *a = ud;
-    size_t len;
-    char *text;
 
     if (argc != 2)
         return opsock_error(out, "usage: show metrics");
     agent_refresh_metrics(a);
-    text = metrics_render(a->m, &len);
-    if (!text)
-        return opsock_error(out, "cannot render metrics");
-    opsock_write(out, text, len);
-    free(text);
-    return 0;
+    return opcmd_show_metrics(out, a->m);
 }
 
 int agent_cli_register(struct opsock *s, struct agent *a, char *err, size_t errlen)
@@ -422,7 +404,7 @@ int agent_cli_register(struct opsock *s, struct agent *a, char *err, size_t errl
          "below the panic threshold",
          resync_cmd},
         {"show stat", "counters (rounds, HAProxy API, Consul, cedra-spoa) in CSV", show_stat},
-        {"set log-level", "<level> error, warning, notice, info or debug", set_log_level},
+        {"set log-level", "<level> error, warning, notice, info or debug", opcmd_set_log_level},
         {"show metrics", "the Prometheus exposition of every metric", show_metrics},
         {NULL, NULL, NULL},
     };

@@ -40,20 +40,6 @@
 
 /* ---- small helpers ----------------------------------------------------------- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static char *xstrdup(const char *s)
 {
     return s ? strdup(s) : NULL;
@@ -273,26 +259,11 @@ struct consul {
     ev_timer done_timer;
 };
 
-static double rnd01(struct consul *c)
-{
-    /* xorshift64*: jitter only, no need for more. */
-    c->rng ^= c->rng >> 12;
-    c->rng ^= c->rng << 25;
-    c->rng ^= c->rng >> 27;
-    return (double)((c->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
-}
-
-/* retry_min * 2^(n-1) up to retry_max, then a uniform draw in [d/2, d]:
+/* retry_min * 2^(n-1) up to cap, then a uniform draw in [d/2, d]:
  * clients that failed together do not come back together. */
 static double backoff(struct consul *c, unsigned failures, double cap)
 {
-    double d = c->cfg.retry_min;
-
-    for (unsigned i = 1; i < failures && d < cap; i++)
-        d *= 2;
-    if (d > cap)
-        d = cap;
-    return d * (0.5 + 0.5 * rnd01(c));
+    return backoff_jitter(c->cfg.retry_min, cap, failures ? failures - 1 : 0, &c->rng);
 }
 
 /* ---- curl <-> libev glue ------------------------------------------------------- */
@@ -1140,24 +1111,24 @@ int consul_register(struct consul *c, const struct consul_reg_cfg *rc, consul_he
     int rv = -1;
 
     if (g->state != REG_NONE || c->shutting_down) {
-        set_err(err, errlen, "already registered or shutting down");
+        str_errf(err, errlen, "already registered or shutting down");
         return -1;
     }
     if (!rc->name || !*rc->name || !token_ok(rc->name)) {
-        set_err(err, errlen, "service name missing or not printable");
+        str_errf(err, errlen, "service name missing or not printable");
         return -1;
     }
     id = rc->id && *rc->id ? rc->id : rc->name;
     if (!token_ok(id)) {
-        set_err(err, errlen, "service id not printable");
+        str_errf(err, errlen, "service id not printable");
         return -1;
     }
     if (rc->address && *rc->address && !instances_addr_ok(rc->address)) {
-        set_err(err, errlen, "address %s is not an IP address or host name", rc->address);
+        str_errf(err, errlen, "address %s is not an IP address or host name", rc->address);
         return -1;
     }
     if (!(rc->ttl >= 0.3)) { /* updates every ttl/3: not a tight loop */
-        set_err(err, errlen, "ttl must be at least 0.3 s");
+        str_errf(err, errlen, "ttl must be at least 0.3 s");
         return -1;
     }
     cid = str_printf("service:%s", id);
@@ -1172,7 +1143,7 @@ int consul_register(struct consul *c, const struct consul_reg_cfg *rc, consul_he
         json_decref(tags);
         json_decref(meta);
         json_decref(check);
-        set_err(err, errlen, "out of memory");
+        str_errf(err, errlen, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < rc->ntags; i++)
@@ -1198,7 +1169,7 @@ int consul_register(struct consul *c, const struct consul_reg_cfg *rc, consul_he
     g->reg_url = str_printf("%s/v1/agent/service/register", c->base);
     g->dereg_url = str_printf("%s/v1/agent/service/deregister/%s", c->base, id_esc);
     if (!g->body || !g->id || !g->name || !g->check_esc || !g->reg_url || !g->dereg_url) {
-        set_err(err, errlen, "out of memory or invalid tags/meta");
+        str_errf(err, errlen, "out of memory or invalid tags/meta");
         goto out;
     }
     g->ttl = rc->ttl;
@@ -1327,13 +1298,13 @@ static char *read_token_file(const char *path, char *err, size_t errlen)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
 
     if (fd < 0) {
-        set_err(err, errlen, "CONSUL_HTTP_TOKEN_FILE %s: %s", path, strerror(errno));
+        str_errf(err, errlen, "CONSUL_HTTP_TOKEN_FILE %s: %s", path, strerror(errno));
         return NULL;
     }
     n = read(fd, buf, sizeof(buf) - 1);
     close(fd);
     if (n < 0) {
-        set_err(err, errlen, "CONSUL_HTTP_TOKEN_FILE %s: %s", path, strerror(errno));
+        str_errf(err, errlen, "CONSUL_HTTP_TOKEN_FILE %s: %s", path, strerror(errno));
         return NULL;
     }
     len = (size_t)n;
@@ -1355,7 +1326,7 @@ static int parse_addr(struct consul *c, const char *addr, bool https, char *err,
 
     if (strncmp(addr, "unix://", 7) == 0) {
         if (!addr[7]) {
-            set_err(err, errlen, "consul address %s: empty socket path", addr);
+            str_errf(err, errlen, "consul address %s: empty socket path", addr);
             return -1;
         }
         c->unix_path = strdup(addr + 7);
@@ -1369,19 +1340,19 @@ static int parse_addr(struct consul *c, const char *addr, bool https, char *err,
     } else if (strncmp(addr, "http://", 7) == 0) {
         rest = addr + 7; /* keeps https when CONSUL_HTTP_SSL asked for it */
     } else if (strstr(addr, "://")) {
-        set_err(err, errlen, "consul address %s: unknown scheme", addr);
+        str_errf(err, errlen, "consul address %s: unknown scheme", addr);
         return -1;
     }
     slash = strchr(rest, '/');
     hostlen = slash ? (size_t)(slash - rest) : strlen(rest);
     if (hostlen == 0) {
-        set_err(err, errlen, "consul address %s: no host", addr);
+        str_errf(err, errlen, "consul address %s: no host", addr);
         return -1;
     }
     for (const char *p = rest; *p; p++) {
         if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e || *p == '?' || *p == '#' ||
             *p == '@') {
-            set_err(err, errlen, "consul address %s: invalid character", addr);
+            str_errf(err, errlen, "consul address %s: invalid character", addr);
             return -1;
         }
     }
@@ -1406,12 +1377,12 @@ struct consul *consul_new(struct ev_loop *loop, const struct consul_cfg *cfg, ch
 
     pthread_once(&curl_once, curl_init);
     if (curl_init_rc != CURLE_OK) {
-        set_err(err, errlen, "curl_global_init failed");
+        str_errf(err, errlen, "curl_global_init failed");
         return NULL;
     }
     c = calloc(1, sizeof(*c));
     if (!c) {
-        set_err(err, errlen, "out of memory");
+        str_errf(err, errlen, "out of memory");
         return NULL;
     }
     c->loop = loop;
@@ -1457,7 +1428,7 @@ struct consul *consul_new(struct ev_loop *loop, const struct consul_cfg *cfg, ch
         https = cfg->ssl > 0;
     } else if ((v = env("CONSUL_HTTP_SSL"))) {
         if (parse_go_bool(v, &b) < 0) {
-            set_err(err, errlen, "CONSUL_HTTP_SSL=%s is not a boolean", v);
+            str_errf(err, errlen, "CONSUL_HTTP_SSL=%s is not a boolean", v);
             goto fail;
         }
         https = b;
@@ -1467,7 +1438,7 @@ struct consul *consul_new(struct ev_loop *loop, const struct consul_cfg *cfg, ch
         c->verify = cfg->ssl_verify > 0;
     } else if ((v = env("CONSUL_HTTP_SSL_VERIFY"))) {
         if (parse_go_bool(v, &b) < 0) {
-            set_err(err, errlen, "CONSUL_HTTP_SSL_VERIFY=%s is not a boolean", v);
+            str_errf(err, errlen, "CONSUL_HTTP_SSL_VERIFY=%s is not a boolean", v);
             goto fail;
         }
         c->verify = b;
@@ -1491,7 +1462,7 @@ struct consul *consul_new(struct ev_loop *loop, const struct consul_cfg *cfg, ch
         c->token = NULL;
     }
     if (c->token && !token_ok(c->token)) {
-        set_err(err, errlen, "consul token: empty, too long or not printable");
+        str_errf(err, errlen, "consul token: empty, too long or not printable");
         goto fail;
     }
     c->cacert = xstrdup(cfg->cacert ? cfg->cacert : env("CONSUL_CACERT"));
@@ -1499,7 +1470,7 @@ struct consul *consul_new(struct ev_loop *loop, const struct consul_cfg *cfg, ch
     c->cert = xstrdup(cfg->client_cert ? cfg->client_cert : env("CONSUL_CLIENT_CERT"));
     c->key = xstrdup(cfg->client_key ? cfg->client_key : env("CONSUL_CLIENT_KEY"));
     if (!c->cert != !c->key) { /* as Consul's client says */
-        set_err(err, errlen, "both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be provided");
+        str_errf(err, errlen, "both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be provided");
         goto fail;
     }
     if (cfg->datacenter && *cfg->datacenter)
@@ -1532,7 +1503,7 @@ struct consul *consul_new(struct ev_loop *loop, const struct consul_cfg *cfg, ch
     return c;
 
 oom:
-    set_err(err, errlen, "out of memory");
+    str_errf(err, errlen, "out of memory");
 fail:
     consul_free(c);
     return NULL;

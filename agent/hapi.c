@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -417,20 +416,6 @@ void hapi_report_success(struct hapi *h)
 
 /* ---- parsers --------------------------------------------------------------- */
 
-static void perr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void perr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* A quoted excerpt of an offending line for error messages. */
 static const char *excerpt(char *buf, size_t size, const char *s, size_t len)
 {
@@ -469,12 +454,12 @@ static int check_dump(const char *text, size_t len, size_t *body_len, char *err,
     char q[128];
 
     if (memchr(text, '\0', len)) {
-        perr(err, errlen, "NUL byte in answer");
+        str_errf(err, errlen, "NUL byte in answer");
         return -1;
     }
     if (len < 2 || text[len - 1] != '\n' || text[len - 2] != '\n') {
-        perr(err, errlen, "answer does not end with an empty line: %s",
-             excerpt(q, sizeof(q), text, len));
+        str_errf(err, errlen, "answer does not end with an empty line: %s",
+                 excerpt(q, sizeof(q), text, len));
         return -1;
     }
     *body_len = len - 1;
@@ -613,23 +598,23 @@ int hapi_parse_servers_state(const char *text, size_t len, struct hapi_server *o
     ls.p = text;
     ls.end = text + body;
     if (!next_line(&ls, &line, &llen) || llen != 1 || line[0] != '1') {
-        perr(err, errlen, "expected format version line \"1\", got %s",
-             excerpt(q, sizeof(q), text, body ? body - 1 : 0));
+        str_errf(err, errlen, "expected format version line \"1\", got %s",
+                 excerpt(q, sizeof(q), text, body ? body - 1 : 0));
         return -1;
     }
     if (!next_line(&ls, &line, &llen) || llen < 2 || line[0] != '#' || line[1] != ' ' ||
         split_spaces(line + 2, llen - 2, tok, MAX_COLS, &ncols) < 0) {
-        perr(err, errlen, "expected the \"# be_id ...\" header line");
+        str_errf(err, errlen, "expected the \"# be_id ...\" header line");
         return -1;
     }
     if (ncols < NSRV_COLS) {
-        perr(err, errlen, "header has %zu columns, expected at least %zu", ncols, NSRV_COLS);
+        str_errf(err, errlen, "header has %zu columns, expected at least %zu", ncols, NSRV_COLS);
         return -1;
     }
     for (size_t c = 0; c < NSRV_COLS; c++) {
         if (!tok_is(&tok[c], srv_cols[c])) {
-            perr(err, errlen, "header column %zu is %s, expected %s", c + 1,
-                 excerpt(q, sizeof(q), tok[c].s, tok[c].len), srv_cols[c]);
+            str_errf(err, errlen, "header column %zu is %s, expected %s", c + 1,
+                     excerpt(q, sizeof(q), tok[c].s, tok[c].len), srv_cols[c]);
             return -1;
         }
     }
@@ -644,20 +629,20 @@ int hapi_parse_servers_state(const char *text, size_t len, struct hapi_server *o
         if (llen && line[0] == '#')
             continue; /* "each line starting by a sharp ('#') is a comment" */
         if (split_spaces(line, llen, tok, MAX_COLS, &n) < 0 || n != ncols) {
-            perr(err, errlen, "line %zu: expected %zu space-separated fields: %s", lineno, ncols,
-                 excerpt(q, sizeof(q), line, llen));
+            str_errf(err, errlen, "line %zu: expected %zu space-separated fields: %s", lineno,
+                     ncols, excerpt(q, sizeof(q), line, llen));
             return -1;
         }
         if (nrows >= max) {
-            perr(err, errlen, "more than %zu servers", max);
+            str_errf(err, errlen, "more than %zu servers", max);
             return -1;
         }
         s = &out[nrows];
         memset(s, 0, sizeof(*s));
 #define FIELD_ERR(col)                                                                             \
     do {                                                                                           \
-        perr(err, errlen, "line %zu: bad %s %s", lineno, srv_cols[col],                            \
-             excerpt(q, sizeof(q), tok[col].s, tok[col].len));                                     \
+        str_errf(err, errlen, "line %zu: bad %s %s", lineno, srv_cols[col],                        \
+                 excerpt(q, sizeof(q), tok[col].s, tok[col].len));                                 \
         return -1;                                                                                 \
     } while (0)
         if (parse_u64(tok[0].s, tok[0].len, UINT32_MAX, &v) < 0)
@@ -809,8 +794,8 @@ int hapi_parse_stat(const char *text, size_t len, struct hapi_stat *out, size_t 
     ls.end = text + body;
     if (!next_line(&ls, &line, &llen) || llen < 2 || line[0] != '#' || line[1] != ' ' ||
         split_csv(line + 2, llen - 2, hdr, MAX_COLS, &ncols, unq, sizeof(unq)) < 0) {
-        perr(err, errlen, "expected the \"# pxname,svname,...\" header, got %s",
-             excerpt(q, sizeof(q), text, body ? body - 1 : 0));
+        str_errf(err, errlen, "expected the \"# pxname,svname,...\" header, got %s",
+                 excerpt(q, sizeof(q), text, body ? body - 1 : 0));
         return -1;
     }
     for (size_t c = 0; c < ncols; c++) {
@@ -828,7 +813,7 @@ int hapi_parse_stat(const char *text, size_t len, struct hapi_stat *out, size_t 
     /* The CSV's first two columns are fixed by the format. */
     if (c_px != 0 || c_sv != 1 || c_qcur == SIZE_MAX || c_scur == SIZE_MAX ||
         c_status == SIZE_MAX) {
-        perr(err, errlen, "header lacks pxname,svname,qcur,scur,status");
+        str_errf(err, errlen, "header lacks pxname,svname,qcur,scur,status");
         return -1;
     }
     while (next_line(&ls, &line, &llen)) {
@@ -838,16 +823,16 @@ int hapi_parse_stat(const char *text, size_t len, struct hapi_stat *out, size_t 
 
         lineno++;
         if (split_csv(line, llen, tok, MAX_COLS, &n, unq, sizeof(unq)) < 0 || n != ncols) {
-            perr(err, errlen, "line %zu: expected %zu CSV fields: %s", lineno, ncols,
-                 excerpt(q, sizeof(q), line, llen));
+            str_errf(err, errlen, "line %zu: expected %zu CSV fields: %s", lineno, ncols,
+                     excerpt(q, sizeof(q), line, llen));
             return -1;
         }
         if (tok_is(&tok[c_sv], "FRONTEND") || tok_is(&tok[c_sv], "BACKEND")) {
-            perr(err, errlen, "line %zu: not a server line (ask for type 4)", lineno);
+            str_errf(err, errlen, "line %zu: not a server line (ask for type 4)", lineno);
             return -1;
         }
         if (nrows >= max) {
-            perr(err, errlen, "more than %zu servers", max);
+            str_errf(err, errlen, "more than %zu servers", max);
             return -1;
         }
         s = &out[nrows];
@@ -859,18 +844,18 @@ int hapi_parse_stat(const char *text, size_t len, struct hapi_stat *out, size_t 
             !visible(s->svname, strlen(s->svname), false) ||
             !visible(s->status, strlen(s->status), true)) {
             /* Quoted CSV fields may hold any byte; HAProxy names and states never do. */
-            perr(err, errlen, "line %zu: bad pxname, svname or status", lineno);
+            str_errf(err, errlen, "line %zu: bad pxname, svname or status", lineno);
             return -1;
         }
         if (parse_u64(tok[c_qcur].s, tok[c_qcur].len, UINT32_MAX, &v) < 0) {
-            perr(err, errlen, "line %zu: bad qcur %s", lineno,
-                 excerpt(q, sizeof(q), tok[c_qcur].s, tok[c_qcur].len));
+            str_errf(err, errlen, "line %zu: bad qcur %s", lineno,
+                     excerpt(q, sizeof(q), tok[c_qcur].s, tok[c_qcur].len));
             return -1;
         }
         s->qcur = (unsigned)v;
         if (parse_u64(tok[c_scur].s, tok[c_scur].len, UINT32_MAX, &v) < 0) {
-            perr(err, errlen, "line %zu: bad scur %s", lineno,
-                 excerpt(q, sizeof(q), tok[c_scur].s, tok[c_scur].len));
+            str_errf(err, errlen, "line %zu: bad scur %s", lineno,
+                     excerpt(q, sizeof(q), tok[c_scur].s, tok[c_scur].len));
             return -1;
         }
         s->scur = (unsigned)v;
@@ -901,8 +886,8 @@ int hapi_parse_info(const char *text, size_t len, struct hapi_info *out, char *e
         lineno++;
         /* "Key: value"; HAProxy prints "Key: " for an empty value. */
         if (!colon || colon == line || (size_t)(colon - line) + 2 > llen || colon[1] != ' ') {
-            perr(err, errlen, "line %zu is not \"Key: value\": %s", lineno,
-                 excerpt(q, sizeof(q), line, llen));
+            str_errf(err, errlen, "line %zu is not \"Key: value\": %s", lineno,
+                     excerpt(q, sizeof(q), line, llen));
             return -1;
         }
         klen = (size_t)(colon - line);
@@ -913,8 +898,8 @@ int hapi_parse_info(const char *text, size_t len, struct hapi_info *out, char *e
             bool *have = KEY("Pid") ? &have_pid : KEY("Uptime_sec") ? &have_up : &have_start;
 
             if (*have || parse_u64(val, vlen, UINT64_MAX, &v) < 0) {
-                perr(err, errlen, "line %zu: bad or repeated %.*s: %s", lineno, (int)klen, line,
-                     excerpt(q, sizeof(q), val, vlen));
+                str_errf(err, errlen, "line %zu: bad or repeated %.*s: %s", lineno, (int)klen, line,
+                         excerpt(q, sizeof(q), val, vlen));
                 return -1;
             }
             *have = true;
@@ -928,7 +913,7 @@ int hapi_parse_info(const char *text, size_t len, struct hapi_info *out, char *e
             /* Shown on the operator socket and in logs: printable ASCII only. */
             if (have_ver || !visible(val, vlen, true) ||
                 copy_tok(out->version, sizeof(out->version), val, vlen) < 0) {
-                perr(err, errlen, "line %zu: bad Version", lineno);
+                str_errf(err, errlen, "line %zu: bad Version", lineno);
                 return -1;
             }
             have_ver = true;
@@ -936,7 +921,7 @@ int hapi_parse_info(const char *text, size_t len, struct hapi_info *out, char *e
 #undef KEY
     }
     if (!have_pid || !have_up || out->pid == 0) {
-        perr(err, errlen, "Pid or Uptime_sec missing");
+        str_errf(err, errlen, "Pid or Uptime_sec missing");
         return -1;
     }
     return 0;
@@ -999,7 +984,7 @@ int hapi_check_set_reply(enum hapi_set_kind kind, const char *text, size_t len, 
     if (kind == HAPI_SET_SILENT) {
         if (len == 1 && text[0] == '\n')
             return 0;
-        perr(err, errlen, "expected an empty answer, got %s", excerpt(q, sizeof(q), text, len));
+        str_errf(err, errlen, "expected an empty answer, got %s", excerpt(q, sizeof(q), text, len));
         return -1;
     }
     /* HAPI_SET_ADDR: one line, then the empty line (measured on 2.6.12):
@@ -1007,8 +992,8 @@ int hapi_check_set_reply(enum hapi_set_kind kind, const char *text, size_t len, 
      *   no need to change the addr, no need to change the port by 'stats socket command'
      * and the mixes of both; without "port" in the command, no port part. */
     if (len < 3 || text[len - 1] != '\n' || text[len - 2] != '\n' || memchr(text, '\n', len - 2)) {
-        perr(err, errlen, "expected one line and an empty line, got %s",
-             excerpt(q, sizeof(q), text, len));
+        str_errf(err, errlen, "expected one line and an empty line, got %s",
+                 excerpt(q, sizeof(q), text, len));
         return -1;
     }
     end = text + len - 2;
@@ -1028,8 +1013,8 @@ int hapi_check_set_reply(enum hapi_set_kind kind, const char *text, size_t len, 
         goto bad;
     return 0;
 bad:
-    perr(err, errlen, "unexpected answer to set server addr: %s",
-         excerpt(q, sizeof(q), text, len - 2));
+    str_errf(err, errlen, "unexpected answer to set server addr: %s",
+             excerpt(q, sizeof(q), text, len - 2));
     return -1;
 }
 
@@ -1047,7 +1032,7 @@ int hapi_observe_backend(struct slot_state *slots, size_t *nslots, size_t max, e
         return -1;
     seen = calloc(n + nrows + 1, sizeof(*seen));
     if (!seen) {
-        perr(err, errlen, "out of memory");
+        str_errf(err, errlen, "out of memory");
         return -1;
     }
     for (size_t r = 0; r < nrows; r++) {
@@ -1056,7 +1041,7 @@ int hapi_observe_backend(struct slot_state *slots, size_t *nslots, size_t max, e
         size_t s;
 
         if (strlen(row->srv_name) >= SLOT_NAME_MAX || strlen(row->addr) >= POOL_ADDR_MAX) {
-            perr(err, errlen, "server name or address too long: %s", row->srv_name);
+            str_errf(err, errlen, "server name or address too long: %s", row->srv_name);
             free(seen);
             return -1;
         }
@@ -1065,7 +1050,7 @@ int hapi_observe_backend(struct slot_state *slots, size_t *nslots, size_t max, e
                 break;
         if (s == n) {
             if (n >= max) {
-                perr(err, errlen, "more than %zu slots", max);
+                str_errf(err, errlen, "more than %zu slots", max);
                 free(seen);
                 return -1;
             }
@@ -1076,7 +1061,7 @@ int hapi_observe_backend(struct slot_state *slots, size_t *nslots, size_t max, e
             slots[n].admin = SLOT_MAINT;
             n++;
         } else if (seen[s]) {
-            perr(err, errlen, "server %s listed twice", row->srv_name);
+            str_errf(err, errlen, "server %s listed twice", row->srv_name);
             free(seen);
             return -1;
         }

@@ -3,6 +3,7 @@
 #include "instances.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -32,20 +33,6 @@ void instances_cfg_defaults(struct instances_cfg *cfg)
     cfg->canary_weight_key = "canary_weight";
     cfg->max_instances = INSTANCES_MAX_DEFAULT;
     cfg->max_bytes = INSTANCES_BYTES_DEFAULT;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 static bool printable(const char *s, size_t len)
@@ -119,30 +106,6 @@ unsigned instances_map_weight(long long w, bool warning)
     return (unsigned)w;
 }
 
-/* Counts containers outside strings; jansson would build every one of them. */
-static bool containers_within(const char *s, size_t len, size_t limit)
-{
-    size_t n = 0;
-    bool in_str = false;
-
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        } else if (c == '[' || c == '{') {
-            if (++n > limit)
-                return false;
-        }
-    }
-    return true;
-}
-
 /* ---- typed field access: absent and null are "missing", anything else must
  * have the expected type ---------------------------------------------------- */
 
@@ -163,14 +126,14 @@ static int get_str(struct ctx *c, json_t *obj, const char *obj_name, const char 
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_string(v)) {
-        set_err(c->err, c->errlen, "entry %zu: %s.%s: expected a string", c->entry, obj_name, key);
+        str_errf(c->err, c->errlen, "entry %zu: %s.%s: expected a string", c->entry, obj_name, key);
         return -1;
     }
     *out = json_string_value(v);
     *outlen = json_string_length(v);
     if (*outlen > maxlen) {
-        set_err(c->err, c->errlen, "entry %zu: %s.%s: %zu bytes, more than %zu", c->entry, obj_name,
-                key, *outlen, maxlen);
+        str_errf(c->err, c->errlen, "entry %zu: %s.%s: %zu bytes, more than %zu", c->entry,
+                 obj_name, key, *outlen, maxlen);
         return -1;
     }
     return 1;
@@ -184,8 +147,8 @@ static int get_int(struct ctx *c, json_t *obj, const char *obj_name, const char 
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_integer(v)) {
-        set_err(c->err, c->errlen, "entry %zu: %s.%s: expected an integer", c->entry, obj_name,
-                key);
+        str_errf(c->err, c->errlen, "entry %zu: %s.%s: expected an integer", c->entry, obj_name,
+                 key);
         return -1;
     }
     *out = (long long)json_integer_value(v);
@@ -203,8 +166,8 @@ static json_t *get_typed(struct ctx *c, json_t *obj, const char *obj_name, const
     if (!v || json_is_null(v))
         return NULL;
     if (want_array ? !json_is_array(v) : !json_is_object(v)) {
-        set_err(c->err, c->errlen, "entry %zu: %s.%s: expected %s", c->entry, obj_name, key,
-                want_array ? "an array" : "an object");
+        str_errf(c->err, c->errlen, "entry %zu: %s.%s: expected %s", c->entry, obj_name, key,
+                 want_array ? "an array" : "an object");
         return WRONG_TYPE;
     }
     return v;
@@ -234,25 +197,25 @@ static int check_meta(struct ctx *c, json_t *meta)
     json_t *v;
 
     if (json_object_size(meta) > META_MAX) {
-        set_err(c->err, c->errlen, "entry %zu: Service.Meta: %zu keys, more than %d", c->entry,
-                json_object_size(meta), META_MAX);
+        str_errf(c->err, c->errlen, "entry %zu: Service.Meta: %zu keys, more than %d", c->entry,
+                 json_object_size(meta), META_MAX);
         return -1;
     }
     json_object_foreach(meta, k, v)
     {
         if (strlen(k) > META_KEY_MAX) {
-            set_err(c->err, c->errlen, "entry %zu: Service.Meta: key longer than %d", c->entry,
-                    META_KEY_MAX);
+            str_errf(c->err, c->errlen, "entry %zu: Service.Meta: key longer than %d", c->entry,
+                     META_KEY_MAX);
             return -1;
         }
         if (!json_is_string(v)) {
-            set_err(c->err, c->errlen, "entry %zu: Service.Meta: value of a key is not a string",
-                    c->entry);
+            str_errf(c->err, c->errlen, "entry %zu: Service.Meta: value of a key is not a string",
+                     c->entry);
             return -1;
         }
         if (json_string_length(v) > META_VAL_MAX) {
-            set_err(c->err, c->errlen, "entry %zu: Service.Meta: value longer than %d", c->entry,
-                    META_VAL_MAX);
+            str_errf(c->err, c->errlen, "entry %zu: Service.Meta: value longer than %d", c->entry,
+                     META_VAL_MAX);
             return -1;
         }
     }
@@ -289,7 +252,7 @@ static enum entry_res parse_entry(struct ctx *c, json_t *e, struct instance *in,
 
     *cw = -1;
     if (!json_is_object(e)) {
-        set_err(c->err, c->errlen, "entry %zu: expected an object", c->entry);
+        str_errf(c->err, c->errlen, "entry %zu: expected an object", c->entry);
         return ENTRY_ERR;
     }
     node = get_typed(c, e, "entry", "Node", false);
@@ -298,7 +261,7 @@ static enum entry_res parse_entry(struct ctx *c, json_t *e, struct instance *in,
     if (node == WRONG_TYPE || svc == WRONG_TYPE || checks == WRONG_TYPE)
         return ENTRY_ERR;
     if (!svc) {
-        set_err(c->err, c->errlen, "entry %zu: no Service object", c->entry);
+        str_errf(c->err, c->errlen, "entry %zu: no Service object", c->entry);
         return ENTRY_ERR;
     }
 
@@ -308,7 +271,7 @@ static enum entry_res parse_entry(struct ctx *c, json_t *e, struct instance *in,
     if (r < 0)
         return ENTRY_ERR;
     if (r == 0) {
-        set_err(c->err, c->errlen, "entry %zu: Service.ID missing", c->entry);
+        str_errf(c->err, c->errlen, "entry %zu: Service.ID missing", c->entry);
         return ENTRY_ERR;
     }
     if (get_str(c, svc, "Service", "Address", &addr, &addr_len, TAG_LEN_MAX) < 0)
@@ -335,20 +298,20 @@ static enum entry_res parse_entry(struct ctx *c, json_t *e, struct instance *in,
         json_t *t;
 
         if (json_array_size(tags) > TAGS_MAX) {
-            set_err(c->err, c->errlen, "entry %zu: Service.Tags: %zu tags, more than %d", c->entry,
-                    json_array_size(tags), TAGS_MAX);
+            str_errf(c->err, c->errlen, "entry %zu: Service.Tags: %zu tags, more than %d", c->entry,
+                     json_array_size(tags), TAGS_MAX);
             return ENTRY_ERR;
         }
         json_array_foreach(tags, i, t)
         {
             if (!json_is_string(t)) {
-                set_err(c->err, c->errlen, "entry %zu: Service.Tags[%zu]: expected a string",
-                        c->entry, i);
+                str_errf(c->err, c->errlen, "entry %zu: Service.Tags[%zu]: expected a string",
+                         c->entry, i);
                 return ENTRY_ERR;
             }
             if (json_string_length(t) > TAG_LEN_MAX) {
-                set_err(c->err, c->errlen, "entry %zu: Service.Tags[%zu]: longer than %d", c->entry,
-                        i, TAG_LEN_MAX);
+                str_errf(c->err, c->errlen, "entry %zu: Service.Tags[%zu]: longer than %d",
+                         c->entry, i, TAG_LEN_MAX);
                 return ENTRY_ERR;
             }
             /* Exact match, as Nomad writes canary_tags: no case folding. */
@@ -362,8 +325,8 @@ static enum entry_res parse_entry(struct ctx *c, json_t *e, struct instance *in,
         json_t *ck;
 
         if (json_array_size(checks) > CHECKS_MAX) {
-            set_err(c->err, c->errlen, "entry %zu: Checks: %zu checks, more than %d", c->entry,
-                    json_array_size(checks), CHECKS_MAX);
+            str_errf(c->err, c->errlen, "entry %zu: Checks: %zu checks, more than %d", c->entry,
+                     json_array_size(checks), CHECKS_MAX);
             return ENTRY_ERR;
         }
         json_array_foreach(checks, i, ck)
@@ -372,8 +335,8 @@ static enum entry_res parse_entry(struct ctx *c, json_t *e, struct instance *in,
             size_t stlen;
 
             if (!json_is_object(ck)) {
-                set_err(c->err, c->errlen, "entry %zu: Checks[%zu]: expected an object", c->entry,
-                        i);
+                str_errf(c->err, c->errlen, "entry %zu: Checks[%zu]: expected an object", c->entry,
+                         i);
                 return ENTRY_ERR;
             }
             r = get_str(c, ck, "Checks[]", "Status", &st, &stlen, 64);
@@ -484,35 +447,37 @@ int instances_parse(const char *json, size_t len, const struct instances_cfg *cf
         cfg = &defaults;
     }
     if (len > cfg->max_bytes) {
-        set_err(err, errlen, "answer of %zu bytes, more than %zu", len, cfg->max_bytes);
+        str_errf(err, errlen, "answer of %zu bytes, more than %zu", len, cfg->max_bytes);
         return -1;
     }
     limit = cfg->max_instances > ((size_t)-1 - 64) / CONTAINERS_PER_ENTRY
                 ? (size_t)-1
                 : 64 + cfg->max_instances * CONTAINERS_PER_ENTRY;
-    if (!containers_within(json, len, limit)) {
-        set_err(err, errlen, "answer with more than %zu JSON objects/arrays", limit);
+    /* jansson would build every container: bound their number, not only
+     * the answer's size. */
+    if (!json_containers_ok(json, len, SIZE_MAX, limit)) {
+        str_errf(err, errlen, "answer with more than %zu JSON objects/arrays", limit);
         return -1;
     }
     /* Duplicate keys are ambiguous (which one did Consul mean?): refuse them.
      * jansson also refuses invalid UTF-8 and \u0000 by default. */
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root) {
-        set_err(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
-                jerr.text);
+        str_errf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
         return -1;
     }
     if (!json_is_array(root)) {
-        set_err(err, errlen, "expected a JSON array, got %s",
-                json_is_object(root)   ? "an object"
-                : json_is_string(root) ? "a string"
-                : json_is_null(root)   ? "null"
-                                       : "a scalar");
+        str_errf(err, errlen, "expected a JSON array, got %s",
+                 json_is_object(root)   ? "an object"
+                 : json_is_string(root) ? "a string"
+                 : json_is_null(root)   ? "null"
+                                        : "a scalar");
         goto fail;
     }
     rep->entries = json_array_size(root);
     if (rep->entries > cfg->max_instances) {
-        set_err(err, errlen, "%zu entries, more than %zu", rep->entries, cfg->max_instances);
+        str_errf(err, errlen, "%zu entries, more than %zu", rep->entries, cfg->max_instances);
         goto fail;
     }
     /* One spare element: an empty array gets buffers too, so no path below
@@ -520,7 +485,7 @@ int instances_parse(const char *json, size_t len, const struct instances_cfg *cf
     tmp = calloc(rep->entries + 1, sizeof(*tmp));
     cws = calloc(rep->entries + 1, sizeof(*cws));
     if (!tmp || !cws) {
-        set_err(err, errlen, "out of memory");
+        str_errf(err, errlen, "out of memory");
         goto fail;
     }
     c = (struct ctx){.cfg = cfg, .rep = rep, .err = err, .errlen = errlen};
@@ -607,13 +572,14 @@ bool instances_accept(const struct pool_set *prev, const struct pool_set *next, 
     if (!prev || prev->n == 0)
         return true; /* nothing to protect */
     if (next->n == 0) {
-        set_err(why, whylen, "empty answer, %zu instances before", prev->n);
+        str_errf(why, whylen, "empty answer, %zu instances before", prev->n);
         return false;
     }
     ps = pool_set_count(prev, POOL_STABLE);
     ns = pool_set_count(next, POOL_STABLE);
     if (ps > 0 && (double)ns < panic_ratio * (double)ps) {
-        set_err(why, whylen, "stable pool of %zu, fewer than %g x %zu before", ns, panic_ratio, ps);
+        str_errf(why, whylen, "stable pool of %zu, fewer than %g x %zu before", ns, panic_ratio,
+                 ps);
         return false;
     }
     /* A canary that is reverted or promoted leaves its pool on purpose and
@@ -622,8 +588,8 @@ bool instances_accept(const struct pool_set *prev, const struct pool_set *next, 
     pc = prev->n - ps;
     nc = next->n - ns;
     if (ns == 0 && pc > 0 && (double)nc < panic_ratio * (double)pc) {
-        set_err(why, whylen, "canary pool of %zu and no stable pool, fewer than %g x %zu before",
-                nc, panic_ratio, pc);
+        str_errf(why, whylen, "canary pool of %zu and no stable pool, fewer than %g x %zu before",
+                 nc, panic_ratio, pc);
         return false;
     }
     return true;

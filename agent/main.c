@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <ev.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -175,22 +174,6 @@ static int start_operator(struct daemon *d, const struct agent_conf *c)
     return 0;
 }
 
-/* Every socket is bound: nothing after this needs the start-up credentials,
- * and no thread or outgoing connection exists yet. */
-static int drop_privileges(struct daemon *d, const struct privs *p)
-{
-    char err[256];
-
-    if (privs_drop(p, &d->dropped, err, sizeof(err)) < 0) {
-        log_error("privileges_failed", "reason=\"%s\"", err);
-        return -1;
-    }
-    if (d->dropped)
-        log_notice("privileges_dropped", "user=%s uid=%u gid=%u", p->has_user ? p->user : "-",
-                   (unsigned)getuid(), (unsigned)getgid());
-    return 0;
-}
-
 /* "-c": the file parsed; now what it would do with permissions. */
 static int check_permissions(const struct agent_conf *c)
 {
@@ -212,22 +195,7 @@ static int check_permissions(const struct agent_conf *c)
     privs_check_client_socket(&r, &c->privs, "haproxy-socket", c->haproxy_socket);
     if (c->spoa_socket[0])
         privs_check_client_socket(&r, &c->privs, "spoa-socket", c->spoa_socket);
-    if (r.errors) {
-        fprintf(stderr, "cedra-agent: configuration has %u error(s) and %u warning(s)\n", r.errors,
-                r.warnings);
-        return 1;
-    }
-    printf("Configuration file is valid\n");
-    return 0;
-}
-
-/* A daemon started with 0, 1 or 2 closed would hand those numbers to its
- * sockets, and the next stray write to stderr would go to a client. */
-static void keep_std_fds(void)
-{
-    for (int fd = 0; fd < 3; fd++)
-        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
-            break;
+    return privs_report_end(&r);
 }
 
 int main(int argc, char **argv)
@@ -284,7 +252,7 @@ int main(int argc, char **argv)
         free(conf);
         return 1;
     }
-    keep_std_fds();
+    net_keep_std_fds();
     log_init("cedra-agent", conf->log_syslog);
     log_set_level(conf->log_level);
     signal(SIGPIPE, SIG_IGN);
@@ -308,14 +276,16 @@ int main(int argc, char **argv)
     ev_signal_start(d.loop, &shup);
 
     /* agent_start only prepares (no connection before ev_run); it reads
-     * CONSUL_HTTP_TOKEN_FILE, which may be readable by root only. */
+     * CONSUL_HTTP_TOKEN_FILE, which may be readable by root only. The
+     * privileges go once every socket is bound: nothing after that needs the
+     * start-up credentials, and no thread or outgoing connection exists yet. */
     d.agent = agent_start(d.loop, conf, d.conf_path, err, sizeof(err)); /* owns conf */
     if (!d.agent) {
         log_error("start_failed", "reason=\"%s\"", err);
         rc = 1;
     } else if (open_privileged(&d, d.agent->conf) < 0) {
         rc = 1;
-    } else if (drop_privileges(&d, &d.agent->conf->privs) < 0) {
+    } else if (privs_drop_logged(&d.agent->conf->privs, &d.dropped) < 0) {
         rc = 1;
     } else if (start_operator(&d, d.agent->conf) < 0) {
         rc = 1;

@@ -3,7 +3,6 @@
 #include "reconcile.h"
 
 #include <arpa/inet.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,20 +37,6 @@ const char *plan_action_name(enum plan_action a)
         return "maint";
     }
     return "?";
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 /* Proxy and server names go into command lines verbatim: accept only what
@@ -200,15 +185,15 @@ int reconcile_plan(const struct pool_set *desired, const struct slot_state *actu
     plan_init(out);
     for (int k = 0; k < POOL_KINDS; k++) {
         if (!name_ok(cfg->backend[k]) || strlen(cfg->backend[k]) > BACKEND_NAME_MAX) {
-            set_err(err, errlen, "backend name for pool %s is not usable in a command",
-                    pool_kind_name((enum pool_kind)k));
+            str_errf(err, errlen, "backend name for pool %s is not usable in a command",
+                     pool_kind_name((enum pool_kind)k));
             return -1;
         }
     }
     for (size_t s = 0; s < nslots; s++) {
         if ((unsigned)actual[s].kind >= POOL_KINDS || !name_ok(actual[s].name) ||
             strnlen(actual[s].name, SLOT_NAME_MAX) >= SLOT_NAME_MAX) {
-            set_err(err, errlen, "slot %zu has an invalid kind or name", s);
+            str_errf(err, errlen, "slot %zu has an invalid kind or name", s);
             return -1;
         }
     }
@@ -221,7 +206,7 @@ int reconcile_plan(const struct pool_set *desired, const struct slot_state *actu
     b.cap = 4 * nslots; /* at most maint, addr, weight, ready per slot */
     out->op = malloc((b.cap ? b.cap : 1) * sizeof(*out->op));
     if (!slot_of || !usable || !canon || !inst_of || !freed || !out->op) {
-        set_err(err, errlen, "out of memory");
+        str_errf(err, errlen, "out of memory");
         goto done;
     }
     for (size_t s = 0; s < nslots; s++) {

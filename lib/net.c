@@ -1,6 +1,7 @@
 #include "net.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -89,4 +90,11 @@ unsigned net_local_port(int fd)
     if (ss.ss_family == AF_INET)
         return ntohs(((const struct sockaddr_in *)&ss)->sin_port);
     return 0;
+}
+
+void net_keep_std_fds(void)
+{
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+            break;
 }

@@ -20,4 +20,9 @@ int net_accept(int lfd);
 /* Local TCP port of a bound socket (host order), 0 when it has none. */
 unsigned net_local_port(int fd);
 
+/* Opens /dev/null on whichever of 0, 1 and 2 is closed. A daemon started
+ * with one of them closed would hand that number to a socket, and the next
+ * stray write to stderr would go to a client. */
+void net_keep_std_fds(void);
+
 #endif

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "util.h"
 
 /* getpwnam_r buffers: glibc's sysconf hint is 1 KiB; entries with long
@@ -228,6 +229,20 @@ int privs_drop(const struct privs *p, bool *dropped, char *err, size_t errlen)
     return 0;
 }
 
+int privs_drop_logged(const struct privs *p, bool *dropped)
+{
+    char err[256];
+
+    if (privs_drop(p, dropped, err, sizeof(err)) < 0) {
+        log_error("privileges_failed", "reason=\"%s\"", err);
+        return -1;
+    }
+    if (*dropped)
+        log_notice("privileges_dropped", "user=%s uid=%u gid=%u", p->has_user ? p->user : "-",
+                   (unsigned)getuid(), (unsigned)getgid());
+    return 0;
+}
+
 /* ---- "-c" ------------------------------------------------------------------ */
 
 __attribute__((format(printf, 3, 4))) static void report(struct privs_report *r, bool error,
@@ -358,4 +373,15 @@ void privs_check_client_socket(struct privs_report *r, const struct privs *p, co
                "to that user, or to a group of it with mode 0660",
                what, path, (unsigned)privs_run_uid(p), (unsigned)st.st_uid, (unsigned)st.st_gid,
                (unsigned)(st.st_mode & 07777));
+}
+
+int privs_report_end(const struct privs_report *r)
+{
+    if (r->errors) {
+        fprintf(r->out, "%s: configuration has %u error(s) and %u warning(s)\n", r->prog, r->errors,
+                r->warnings);
+        return 1;
+    }
+    printf("Configuration file is valid\n");
+    return 0;
 }

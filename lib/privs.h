@@ -72,6 +72,10 @@ int privs_chown(const struct privs *p, const char *path, char *err, size_t errle
  * already is who the configuration says. *dropped tells whether anything
  * changed. 0, or -1 with a reason: the caller must exit. */
 int privs_drop(const struct privs *p, bool *dropped, char *err, size_t errlen);
+/* privs_drop() as both daemons call it at start-up: the failure
+ * ("privileges_failed") or the drop ("privileges_dropped") is logged. 0, or
+ * -1: the caller must exit. */
+int privs_drop_logged(const struct privs *p, bool *dropped);
 
 /* ---- "-c": socket permission checks ------------------------------------ */
 
@@ -98,5 +102,10 @@ void privs_check_socket(struct privs_report *r, const struct privs *p, const cha
  * socket): when it exists, whether the user the daemon runs as may connect. */
 void privs_check_client_socket(struct privs_report *r, const struct privs *p, const char *what,
                                const char *path);
+
+/* The verdict of "-c" once every check has run: the counts on r->out and 1
+ * when anything is wrong, else "Configuration file is valid" on stdout and
+ * 0; the daemon's exit code. */
+int privs_report_end(const struct privs_report *r);
 
 #endif

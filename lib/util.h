@@ -31,4 +31,28 @@ size_t str_copy(char *dst, const char *src, size_t size);
 /* Monotonic clock in seconds. */
 double now_mono(void);
 
+/* vsnprintf into err for the functions that report a reason through an
+ * (err, errlen) pair; a NULL err or a zero errlen means the caller does not
+ * want one. */
+void str_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* strdup() of an optional string: NULL stays NULL, a failed copy sets *oom
+ * (left alone otherwise), so that several copies share one check. */
+char *strdup_opt(const char *s, bool *oom);
+
+/* Whether JSON text may go to a tree-building parser: at most max_depth
+ * arrays/objects open at once and at most max_total in all (SIZE_MAX: no
+ * limit), counted outside strings without parsing. jansson recurses per
+ * level and allocates per container, and still validates everything else. */
+bool json_containers_ok(const char *s, size_t len, size_t max_depth, size_t max_total);
+
+/* xorshift64*: a draw in [0, 1) that advances *state (never 0). For jitter,
+ * not for anything an attacker may want to predict. */
+double rand01(uint64_t *state);
+
+/* A retry delay: min doubled `doublings` times, at most max, then drawn in
+ * [d/2, d] (equal jitter: never a busy loop, and the clients that lost a
+ * server together do not all come back in the same millisecond). */
+double backoff_jitter(double min, double max, unsigned doublings, uint64_t *rng);
+
 #endif

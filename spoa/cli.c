@@ -1,6 +1,5 @@
 #include "cli.h"
 
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -9,6 +8,7 @@
 #include "deliver.h"
 #include "l1.h"
 #include "log.h"
+#include "opcmd.h"
 #include "opsock.h"
 #include "routes.h"
 #include "stats.h"
@@ -234,28 +234,11 @@ static int purge_all(struct opsock_out *out, int argc, char **argv, void *ud)
     return 0;
 }
 
-static int set_log_level(struct opsock_out *out, int argc, char **argv, void *ud)
-{
-    enum log_level lvl;
-
-    if (argc != 3 || log_level_parse(argv[2], &lvl) < 0)
-        return opsock_error(out, "usage: set log-level error|warning|notice|info|debug");
-    log_set_level(lvl);
-    log_notice("log_level", "level=%s by=operator", log_level_name(lvl));
-    return 0;
-}
-
 static int show_metrics(struct opsock_out *out, int argc, char **argv, void *ud)
 {
     struct cli_state *st = ud;
-    size_t len;
-    char *text = metrics_render(st->stats->m, &len);
 
-    if (!text)
-        return opsock_error(out, "cannot render metrics");
-    opsock_write(out, text, len);
-    free(text);
-    return 0;
+    return opcmd_show_metrics(out, st->stats->m);
 }
 
 int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errlen)
@@ -270,7 +253,7 @@ int cli_register(struct opsock *s, struct cli_state *st, char *err, size_t errle
          "<stable|canary> key-prefix <p> routes <file|pathname> [build <id>] | canary off | "
          "canary weight <0-100>",
          set_pool},
-        {"set log-level", "<level> error, warning, notice, info or debug", set_log_level},
+        {"set log-level", "<level> error, warning, notice, info or debug", opcmd_set_log_level},
         {"show cache", "[key prefix] what the in-process cache holds: key, size, age, hits",
          show_cache},
         {"purge path", "<url path> drop a page from memory, in every pool (Valkey is untouched)",

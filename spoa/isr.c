@@ -23,6 +23,8 @@
 
 #include <jansson.h>
 
+#include "util.h"
+
 /* JavaScript's Number.MAX_SAFE_INTEGER: every time the handler writes is a
  * JS number, so a larger integer cannot come from it. */
 #define JS_MAX_SAFE 9007199254740991LL
@@ -418,32 +420,6 @@ int isr_rsc_param(const char *prefetch, size_t prefetch_len, const char *segment
 }
 
 /* ---- parsing ---------------------------------------------------------------- */
-
-/* Nesting depth outside strings, without recursion. jansson checks the rest. */
-static bool depth_ok(const char *s, size_t n)
-{
-    int depth = 0;
-    bool in_str = false;
-
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        } else if (c == '{' || c == '[') {
-            if (++depth > MAX_DEPTH)
-                return false;
-        } else if (c == '}' || c == ']') {
-            depth--;
-        }
-    }
-    return true;
-}
 
 /* An integer the handler could have written: JSON.stringify gives integers
  * without fraction or exponent, and jansson keeps those as integers. */
@@ -896,7 +872,7 @@ enum isr_err isr_entry_parse(const char *buf, size_t len, const struct isr_conf 
         conf = &defaults;
     if (len > conf->max_value)
         return ISR_TOO_BIG;
-    if (!depth_ok(buf, len))
+    if (!json_containers_ok(buf, len, MAX_DEPTH, SIZE_MAX))
         return ISR_MALFORMED;
     /* JSON.parse keeps the last of duplicate keys; rejecting them only turns a
      * doubtful entry into a miss. NULs are legal in a JS string. */

@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <ev.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -388,22 +387,7 @@ static int check_permissions(const struct spoa_conf *c)
     if (c->stats_socket[0])
         privs_check_socket(&r, &c->privs, "stats-socket", c->stats_socket, c->stats_mode,
                            PRIVS_SOCK_ADMIN);
-    if (r.errors) {
-        fprintf(stderr, "cedra-spoa: configuration has %u error(s) and %u warning(s)\n", r.errors,
-                r.warnings);
-        return 1;
-    }
-    printf("Configuration file is valid\n");
-    return 0;
-}
-
-/* A daemon started with 0, 1 or 2 closed would hand those numbers to its
- * sockets, and the next stray write to stderr would go to a client. */
-static void keep_std_fds(void)
-{
-    for (int fd = 0; fd < 3; fd++)
-        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
-            break;
+    return privs_report_end(&r);
 }
 
 static void close_listeners(struct daemon *d)
@@ -497,7 +481,7 @@ int main(int argc, char **argv)
         spoa_conf_release(d.conf);
         return 1;
     }
-    keep_std_fds();
+    net_keep_std_fds();
     log_init("cedra-spoa", d.conf->log_syslog);
     log_set_level(d.conf->log_level);
     signal(SIGPIPE, SIG_IGN);
@@ -522,14 +506,8 @@ int main(int argc, char **argv)
     }
     /* Every socket is bound: nothing below needs the start-up credentials,
      * and no thread or outgoing connection exists yet. */
-    if (privs_drop(&d.conf->privs, &d.dropped, err, sizeof(err)) < 0) {
-        log_error("privileges_failed", "reason=\"%s\"", err);
+    if (privs_drop_logged(&d.conf->privs, &d.dropped) < 0)
         goto early_exit;
-    }
-    if (d.dropped)
-        log_notice("privileges_dropped", "user=%s uid=%u gid=%u",
-                   d.conf->privs.has_user ? d.conf->privs.user : "-", (unsigned)getuid(),
-                   (unsigned)getgid());
 
     d.stats = spoa_stats_new();
     if (!d.stats) {

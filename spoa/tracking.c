@@ -365,28 +365,13 @@ static bool conn_open(struct conn *c)
 
 /* ---- state changes ------------------------------------------------------------------ */
 
-static double rand01(struct tracking *t)
-{
-    uint64_t x = t->rng;
-
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    t->rng = x;
-    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
-}
-
 static double backoff(struct tracking *t)
 {
-    double d = t->cfg.backoff_min;
+    double d = backoff_jitter(t->cfg.backoff_min, t->cfg.backoff_max, t->backoff_steps, &t->rng);
 
-    for (unsigned i = 0; i < t->backoff_steps && d < t->cfg.backoff_max; i++)
-        d *= 2;
-    if (d > t->cfg.backoff_max)
-        d = t->cfg.backoff_max;
     if (t->backoff_steps < 64)
         t->backoff_steps++;
-    return d / 2 + d / 2 * rand01(t);
+    return d;
 }
 
 static void reset_prefix_states(struct tracking *t)
@@ -1043,18 +1028,6 @@ fail:
 
 /* ---- public ------------------------------------------------------------------------------- */
 
-static char *dup_opt(const char *s, bool *oom)
-{
-    char *d;
-
-    if (!s)
-        return NULL;
-    d = strdup(s);
-    if (!d)
-        *oom = true;
-    return d;
-}
-
 struct tracking *tracking_new(struct ev_loop *loop, const struct tracking_cfg *cfg, struct l1 *l1)
 {
     struct tracking *t;
@@ -1086,9 +1059,9 @@ struct tracking *tracking_new(struct ev_loop *loop, const struct tracking_cfg *c
     t->cfg = *cfg;
     t->sub = (struct conn){.t = t, .name = "subscriber", .sub = true, .fd = -1};
     t->trk = (struct conn){.t = t, .name = "tracking", .fd = -1};
-    t->addr = dup_opt(cfg->addr, &oom);
-    t->username = dup_opt(cfg->username, &oom);
-    t->password = dup_opt(cfg->password, &oom);
+    t->addr = strdup_opt(cfg->addr, &oom);
+    t->username = strdup_opt(cfg->username, &oom);
+    t->password = strdup_opt(cfg->password, &oom);
     t->cfg.addr = t->addr;
     t->cfg.username = t->username;
     t->cfg.password = t->password;

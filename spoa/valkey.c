@@ -126,7 +126,7 @@ struct valkey {
     bool closing;
     int cb_depth;
     uint64_t seq;
-    uint64_t rng;
+    uint64_t rng; /* per client: the workers share no RNG state */
     struct valkey_stats st;
 };
 
@@ -168,30 +168,6 @@ static unsigned dec_digits(unsigned long long n)
         n /= 10;
         d++;
     }
-    return d;
-}
-
-/* xorshift64*: per client, so that workers need no shared RNG state. */
-static double rand01(struct valkey *v)
-{
-    uint64_t x = v->rng;
-
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    v->rng = x;
-    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
-}
-
-static char *dup_or_null(const char *s, bool *oom)
-{
-    char *d;
-
-    if (!s)
-        return NULL;
-    d = strdup(s);
-    if (!d)
-        *oom = true;
     return d;
 }
 
@@ -262,18 +238,11 @@ static void defer(struct valkey *v, struct vk_cmd *c, enum valkey_err err)
 
 static double backoff_delay(struct valkey *v)
 {
-    double d = v->cfg.backoff_min;
+    double d = backoff_jitter(v->cfg.backoff_min, v->cfg.backoff_max, v->attempts, &v->rng);
 
-    for (unsigned i = 0; i < v->attempts && d < v->cfg.backoff_max; i++)
-        d *= 2;
-    if (d > v->cfg.backoff_max)
-        d = v->cfg.backoff_max;
     if (v->attempts < 64)
         v->attempts++;
-    /* Equal jitter: never below d/2 (no busy loop), and the workers of every
-     * edge node do not all come back in the same millisecond after a Valkey
-     * restart. */
-    return d / 2 + d / 2 * rand01(v);
+    return d;
 }
 
 /* The connection is gone or could not be made: DOWN, and retry later. */
@@ -832,9 +801,9 @@ struct valkey *valkey_new(struct ev_loop *loop, const struct valkey_cfg *cfg)
         errno = EINVAL;
         return NULL;
     }
-    v->addr = dup_or_null(cfg->addr, &oom);
-    v->username = dup_or_null(cfg->username, &oom);
-    v->password = dup_or_null(cfg->password, &oom);
+    v->addr = strdup_opt(cfg->addr, &oom);
+    v->username = strdup_opt(cfg->username, &oom);
+    v->password = strdup_opt(cfg->password, &oom);
     if (cfg->name && *cfg->name) {
         v->logp = malloc(strlen(cfg->name) + 2);
         if (v->logp)

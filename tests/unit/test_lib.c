@@ -8,12 +8,18 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <ev.h>
 #include <netinet/in.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include "cfgfile.h"
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
+#include "opcmd.h"
+#include "opsock.h"
+#include "privs.h"
 #include "util.h"
 
 struct collect {
@@ -172,12 +178,150 @@ static void test_spoa_conf(void **state)
     assert_non_null(strstr(err, "unknown keyword"));
 }
 
+static void test_str_errf(void **state)
+{
+    char err[8] = "x";
+
+    str_errf(err, sizeof(err), "%s %d", "abc", 12345);
+    assert_string_equal(err, "abc 123"); /* cut, terminated */
+    str_errf(NULL, 16, "ignored %d", 1);
+    str_errf(err, 0, "ignored %d", 2);
+    assert_string_equal(err, "abc 123");
+}
+
+static void test_strdup_opt(void **state)
+{
+    bool oom = false;
+    char *d = strdup_opt("abc", &oom);
+
+    assert_string_equal(d, "abc");
+    assert_false(oom);
+    free(d);
+    assert_null(strdup_opt(NULL, &oom));
+    assert_false(oom);
+}
+
+static void test_json_containers(void **state)
+{
+    const char *deep = "[[[[{\"a\":[1]}]]]]";      /* 6 deep, 6 in all */
+    const char *wide = "[{},{},[],[1,{}]]";        /* 2 deep, 6 in all */
+    const char *strs = "[\"[[[{{{\",\"\\\"[[[\"]"; /* brackets in strings do not count */
+
+    assert_true(json_containers_ok(deep, strlen(deep), 6, SIZE_MAX));
+    assert_false(json_containers_ok(deep, strlen(deep), 5, SIZE_MAX));
+    assert_true(json_containers_ok(deep, strlen(deep), SIZE_MAX, 6));
+    assert_false(json_containers_ok(deep, strlen(deep), SIZE_MAX, 5));
+    assert_true(json_containers_ok(wide, strlen(wide), 3, 6));
+    assert_false(json_containers_ok(wide, strlen(wide), 1, SIZE_MAX));
+    assert_false(json_containers_ok(wide, strlen(wide), SIZE_MAX, 5));
+    assert_true(json_containers_ok(strs, strlen(strs), 1, 1));
+    /* Closed containers no longer count towards the depth, and len bounds
+     * the walk (the NUL is not an end). */
+    assert_true(json_containers_ok("[][][][]", 8, 1, SIZE_MAX));
+    assert_true(json_containers_ok("[[[", 1, 1, 1));
+    assert_true(json_containers_ok("", 0, 0, 0));
+    /* A stray closing bracket is the parser's to reject: no wrap-around. */
+    assert_true(json_containers_ok("]][[[", 5, 1, SIZE_MAX));
+}
+
+static void test_backoff(void **state)
+{
+    uint64_t rng = 0x9e3779b97f4a7c15ULL, again = rng, same = rng;
+    double lo = 1, hi = 0;
+
+    for (int i = 0; i < 1000; i++) {
+        double r = rand01(&rng);
+
+        assert_true(r >= 0 && r < 1);
+        lo = r < lo ? r : lo;
+        hi = r > hi ? r : hi;
+    }
+    assert_true(lo < 0.05 && hi > 0.95);
+    assert_true(rng != 0);
+    /* The same state gives the same draw. */
+    assert_true(rand01(&again) == rand01(&same));
+    assert_true(again == same);
+    for (unsigned n = 0; n < 70; n++) {
+        double d = backoff_jitter(0.1, 5, n, &rng);
+        double want = 0.1 * (double)(1ULL << (n < 6 ? n : 6));
+
+        want = want > 5 ? 5 : want;
+        assert_true(d >= want / 2 && d <= want);
+    }
+    /* max below min: max wins */
+    assert_true(backoff_jitter(2, 1, 0, &rng) <= 1);
+}
+
+static int show_metrics_cmd(struct opsock_out *out, int argc, char **argv, void *ud)
+{
+    return opcmd_show_metrics(out, ud);
+}
+
+static void test_opcmd(void **state)
+{
+    static const struct opsock_cmd cmds[] = {
+        {"set log-level", "<level>", opcmd_set_log_level},
+        {"show metrics", "metrics", show_metrics_cmd},
+        {NULL, NULL, NULL},
+    };
+    const char *in = "set log-level debug;set log-level loud;set log-level;show metrics\n";
+    const char *usage = "\nerror: usage: set log-level error|warning|notice|info|debug\n\n"
+                        "error: usage: set log-level error|warning|notice|info|debug\n\n";
+    char dir[] = "/tmp/opcmd-test-XXXXXX", path[64], err[256];
+    enum log_level old = log_get_level();
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct metrics *m = metrics_new();
+    struct opsock_config cfg = {0};
+    struct opsock *s;
+    size_t len;
+    char *out;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/op.sock", dir);
+    cfg.path = path;
+    assert_non_null(m);
+    metrics_counter_add(metrics_counter(m, "cedra_test_total", "a test counter"), 3);
+    s = opsock_new(loop, &cfg, err, sizeof(err));
+    assert_non_null(s);
+    assert_int_equal(opsock_register(s, cmds, m, err, sizeof(err)), 0);
+    log_set_level(LOG_LVL_ERROR);
+    assert_int_equal(opsock_feed(s, in, strlen(in), &out, &len), 0);
+    assert_int_equal(log_get_level(), LOG_LVL_DEBUG);
+    /* "set log-level debug" answers nothing; the two others, their usage. */
+    assert_non_null(strstr(out, usage));
+    assert_int_equal(strncmp(out, usage, strlen(usage)), 0);
+    assert_non_null(strstr(out, "\ncedra_test_total 3\n"));
+    free(out);
+    log_set_level(old);
+    opsock_free(s);
+    metrics_free(m);
+    ev_loop_destroy(loop);
+    rmdir(dir);
+}
+
+static void test_privs_report_end(void **state)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    struct privs_report r = {.out = f, .prog = "cedra-test", .errors = 2, .warnings = 1};
+
+    assert_non_null(f);
+    assert_int_equal(privs_report_end(&r), 1);
+    fclose(f);
+    assert_string_equal(text, "cedra-test: configuration has 2 error(s) and 1 warning(s)\n");
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cfg_tokens),      cmocka_unit_test(test_cfg_errors),
         cmocka_unit_test(test_durations_sizes), cmocka_unit_test(test_endpoints),
         cmocka_unit_test(test_log_quote),       cmocka_unit_test(test_spoa_conf),
+        cmocka_unit_test(test_str_errf),        cmocka_unit_test(test_strdup_opt),
+        cmocka_unit_test(test_json_containers), cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_opcmd),           cmocka_unit_test(test_privs_report_end),
     };
 
     return cmocka_run_group_tests_name("lib", tests, NULL, NULL);
