@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "consul_double"))
 
 import harness  # noqa: E402
 from client import ConsulDouble  # noqa: E402
-from test_agent import EDGE_CFG, ready_ports, servers_state, unix_command  # noqa: E402
+from test_agent import EDGE_CFG  # noqa: E402
 
 TARGET_P99 = 0.100
 
@@ -72,7 +72,7 @@ def main():
     ap.add_argument("--changes", type=int, default=200)
     ap.add_argument("--strict", action="store_true")
     args = ap.parse_args()
-    agent = os.environ.get("CEDRA_AGENT") or os.path.join(REPO, "build", "agent", "cedra-agent")
+    agent = harness.agent_bin()
     if not os.access(agent, os.X_OK):
         sys.exit("agent_latency: %s not found (build it, or set CEDRA_AGENT)" % agent)
 
@@ -125,13 +125,13 @@ def main():
                     "meta": {"build_id": "b1"}}
 
         def o3_ready():
-            for r in servers_state(hsock, "storefront_stable").values():
+            for r in harness.servers_state(hsock, "storefront_stable").values():
                 if r["port"] == oport[2]:
                     return r["state"] == "ready"
             return False
 
         double.set_service("storefront", [inst(1), inst(2)])
-        harness.wait_until(lambda: len(ready_ports(hsock, "storefront_stable")) == 2, 10,
+        harness.wait_until(lambda: len(harness.slot_ports(hsock, "storefront_stable")) == 2, 10,
                            what="initial sync")
         observed, by_index = [], {}
         for i in range(args.changes):
@@ -148,7 +148,7 @@ def main():
             by_index[res["index"]] = t0w
             time.sleep(random.uniform(0.005, 0.025))  # pacing between changes, not a sync
 
-        unix_command(asock, "show info")  # the agent is alive and answering
+        harness.unix_command(asock, "show info")  # the agent is alive and answering
         logged = []
         with open(ag.err_path, errors="replace") as f:
             for line in f:

@@ -21,11 +21,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
 import harness  # noqa: E402
 from test_edge_cache import redis_cmd, load_value, aged, ROUTE_KEY, PREFIX  # noqa: E402
-from test_haproxy import runtime_api  # noqa: E402
 
 
 def haproxy_mem(hap):
-    info = runtime_api(hap.sock, "show info")
+    info = harness.unix_command(hap.sock, "show info")
     used = float(re.search(r"^PoolUsed_MB: (\S+)", info, re.M).group(1))
     alloc = float(re.search(r"^PoolAlloc_MB: (\S+)", info, re.M).group(1))
     with open("/proc/%d/status" % hap.pid) as f:
@@ -53,10 +52,7 @@ def main():
     a = ap.parse_args()
     env = harness.Env("deliver-memory")
     try:
-        port = harness.free_port()
-        redis = env.spawn("redis-server", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                           "--save", "", "--appendonly", "no"])
-        harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", port), 10, what="redis")
+        port = env.start_redis().port
         chair = load_value("product-chair.json")
         chair["lifespan"]["revalidate"] = chair["lifespan"]["staleAge"] = 3600
         chair["lifespan"]["expireAge"] = 7200

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Helpers of bench/edge.sh (Python stdlib only).
+"""Helpers of bench/edge.sh (Python stdlib only; the RESP client, Next.js's
+ETag and operator-socket commands are tests/integration's).
 
   ports N                          N free loopback TCP ports
   wait-tcp PORT [SECONDS]          until PORT accepts a connection
@@ -32,6 +33,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+
+import harness  # noqa: E402
+from test_edge_cache import next_etag, redis_cmd  # noqa: E402
+
 FIX = os.path.join(REPO, "tests", "fixtures", "isr", "v16")
 PREFIX = "storefront:"
 ROUTE_KEY = ("/route-cache/APP_PAGE/600fe424a8f39649d833b7ff10b31023d5c4f89f76ff08babb88a1011243c40d"
@@ -66,56 +72,6 @@ def wait_tcp(port, seconds):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
-
-
-def redis_cmd(port, *args):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        s.sendall(out)
-        return _read(s.makefile("rb"))
-    finally:
-        s.close()
-
-
-def _read(f):
-    line = f.readline().rstrip(b"\r\n")
-    t, rest = line[:1], line[1:]
-    if t in (b"+", b"-"):
-        return rest.decode()
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if t == b"*":
-        return [_read(f) for _ in range(int(rest))]
-    raise ValueError("bad RESP %r" % line)
-
-
-def next_etag(text):
-    """Next.js's ETag (FNV-1a 64 over UTF-16 units folded to 52 bits), as
-    tests/integration/test_edge_cache.py writes it."""
-    units = text.encode("utf-16-le")
-    h = 0xcbf29ce484222325
-    n = len(units) // 2
-    for i in range(n):
-        h ^= units[2 * i] | (units[2 * i + 1] << 8)
-        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    v = (h & ((1 << 52) - 1)) ^ (h >> 52)
-
-    def b36(x):
-        d = "0123456789abcdefghijklmnopqrstuvwxyz"
-        s = ""
-        while True:
-            x, r = divmod(x, 36)
-            s = d[r] + s
-            if not x:
-                return s
-    return '"%s%s"' % (b36(v), b36(n))
 
 
 def seed(rport, out):
@@ -297,19 +253,8 @@ def verify_origin(port, seconds):
 
 
 def spoa_metrics(sock):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(5)
-    s.connect(sock)
-    s.sendall(b"show metrics\n")
-    data = b""
-    while not data.endswith(b"\n\n"):
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-    s.close()
     hit = total = 0
-    for line in data.decode().splitlines():
+    for line in harness.unix_command(sock, "show metrics", timeout=5, errors="strict").splitlines():
         m = re.match(r'cedra_spoa_requests_total\{([^}]*)\} (\d+)', line)
         if m:
             total += int(m.group(2))

@@ -73,20 +73,6 @@ class Redis(object):
         raise ValueError(line)
 
 
-def spoa_cmd(sock, line):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock)
-    s.sendall(line.encode() + b"\n")
-    out = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        out += b
-    s.close()
-    return out.decode()
-
-
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
@@ -127,7 +113,8 @@ def run(env, rport, trials, l1):
             t = time.monotonic()
             cache, body = get()
             rtt.append(time.monotonic() - t)
-            if cache == "HIT" and body == old and (not l1 or (PREFIX + key) in spoa_cmd(sock, "show cache")):
+            if cache == "HIT" and body == old and (
+                    not l1 or (PREFIX + key) in harness.unix_command(sock, "show cache")):
                 break
             if time.monotonic() > deadline:
                 raise SystemExit("trial %d: the page never became an edge HIT%s" % (i, " in the L1" if l1 else ""))
@@ -141,7 +128,7 @@ def run(env, rport, trials, l1):
                 raise SystemExit("trial %d: the old page was still served 10 s after revalidateTag" % i)
         lat.append(time.monotonic() - t0)
     conn.close()
-    info = spoa_cmd(sock, "show cache").splitlines()[0] if l1 else ""
+    info = harness.unix_command(sock, "show cache").splitlines()[0] if l1 else ""
     hap.stop()
     agent.stop()
     origin.stop()
@@ -154,10 +141,7 @@ def main():
     a = ap.parse_args()
     env = harness.Env("bench-invalidation")
     try:
-        rport = harness.free_port()
-        env.spawn("redis-server", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no"])
-        harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", rport), 10, what="redis")
+        rport = env.start_redis().port
         print("invalidation: revalidateTag's write (MULTI UNLINK key, HDEL __sharedTags__ field EXEC)")
         print("to the first answer through HAProxy that is not the old page; %d trials each" % a.trials)
         print("%-28s %9s %9s %9s %9s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "max ms", "GET p50 ms"))

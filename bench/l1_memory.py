@@ -109,20 +109,6 @@ def rss_mb(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024.0
 
 
-def spoa_cmd(sock, line):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock)
-    s.sendall(line.encode() + b"\n")
-    out = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        out += b
-    s.close()
-    return out.decode()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, default=10000)
@@ -130,10 +116,7 @@ def main():
     a = ap.parse_args()
     env = harness.Env("bench-l1-memory")
     try:
-        rport = harness.free_port()
-        env.spawn("redis-server", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no"])
-        harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", rport), 10, what="redis")
+        rport = env.start_redis().port
         t = time.monotonic()
         per = fill_valkey(rport, a.pages, a.html_kib)
         print("Valkey: %d entries of %d KiB HTML, %d bytes of JSON each (%.0f MB), written in %.1f s" % (
@@ -150,12 +133,12 @@ def main():
                 "stats-socket %s" % sock,
                 "log-level warning",
                 "l1-size %dm" % budget_mb]))
-            harness.wait_until(lambda: "enabled=1" in spoa_cmd(sock, "show cache"), 10,
+            harness.wait_until(lambda: "enabled=1" in harness.unix_command(sock, "show cache"), 10,
                                what="L1 enabled (tracking up)")
             rss0 = rss_mb(agent.pid)
             ask_all(agent.addr, a.pages)
             ask_all(agent.addr, a.pages)
-            head = spoa_cmd(sock, "show cache").splitlines()[0]
+            head = harness.unix_command(sock, "show cache").splitlines()[0]
             st = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", head)}
             rss = rss_mb(agent.pid)
             l1mb = st["bytes"] / 1048576.0

@@ -65,10 +65,7 @@ def main():
     a = ap.parse_args()
     env = harness.Env("bench-latency")
     try:
-        rport = harness.free_port()
-        env.spawn("redis-server", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no"])
-        harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", rport), 10, what="redis")
+        rport = env.start_redis().port
         edge_util.seed(rport, env.dir)  # the chair entry + static.cfg (variant A of edge.sh)
         origin = env.start_origin()
         agent = env.start_spoa(log_level="warning", extra="\n".join([

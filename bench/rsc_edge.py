@@ -59,7 +59,7 @@ def main():
         proj = nf.setup_variant(variant)
         table = nf.route_table(env, proj)
         keys = nf.CacheKeys(table)
-        redis = nf.start_redis(env)
+        redis = env.start_redis()
         nxt = nf.start_next(env, variant, redis.port, nf.copy_catalogue(env))
         edge = nf.EdgeNode(env, "a", redis.port, table, nxt.port, processing="200ms")
         target, headers = navigation(PATH)

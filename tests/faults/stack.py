@@ -9,10 +9,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IT = os.path.join(HERE, "..", "integration")
@@ -39,31 +37,15 @@ ADMF_DRAIN = 0x18
 SLOT_RE = re.compile(r"^(stable|canary)\d+$")
 
 
-def agent_bin():
-    return os.environ.get("CEDRA_AGENT") or os.path.join(harness.REPO, "build", "agent",
-                                                         "cedra-agent")
-
-
 def prefix(build):
     return "storefront:%s:" % build
 
 
-def unix_command(path, command, timeout=2.0):
-    """One command on a UNIX stream socket; the answer up to EOF."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks).decode("utf-8", "replace")
-    finally:
-        s.close()
+def unix_command(path, command):
+    """harness.unix_command bounded at 2 s: the observer samples these sockets
+    while processes are killed, frozen and restarted, and a sample must stay
+    short."""
+    return harness.unix_command(path, command, timeout=2.0)
 
 
 def servers_state(sock, backend):
@@ -144,8 +126,7 @@ class Stack(object):
         harness.require_tool(harness.haproxy_bin())
         harness.require_tool("redis-server")
         harness.require_tool("node")
-        if not os.access(agent_bin(), os.X_OK):
-            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
         for b in BUILDS:
             self.projects[b] = nf.setup_variant(VARIANT, build_id=b, revalidate=REVALIDATE)
 
@@ -200,8 +181,8 @@ class Stack(object):
             "consul": self.double.addr, "hsock": self.hap_sock, "ssock": self.spoa_sock,
             "asock": self.agent_sock, "weight": CANARY_WEIGHT, "wait": self.consul_wait,
             "routes": self.routes_dir})
-        out = subprocess.run([agent_bin(), "-c", "-f", self.agent_conf], capture_output=True,
-                             timeout=10)
+        out = subprocess.run([harness.agent_bin(), "-c", "-f", self.agent_conf],
+                             capture_output=True, timeout=10)
         if out.returncode != 0:
             raise RuntimeError("cedra-agent -c: %r" % (out,))
         self.start_agent()
@@ -216,12 +197,7 @@ class Stack(object):
         return d
 
     def start_redis(self, extra=()):
-        self.redis = self.env.spawn("redis-server", [
-            "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no"] + list(extra))
-        self.redis.expect_rc = (0, -signal.SIGTERM)
-        self.env.wait_ready(self.redis, lambda: redis_cmd(self.redis_port, "PING") == "PONG",
-                            10, "redis PING")
+        self.redis = self.env.start_redis(port=self.redis_port, extra=extra)
 
     def start_next(self, name, build, port):
         env = {"REDIS_URL": "redis://127.0.0.1:%d" % self.redis_port,
@@ -285,7 +261,7 @@ class Stack(object):
         return proc
 
     def start_agent(self):
-        self.agent = self.env.spawn("cedra-agent", [agent_bin(), "-f", self.agent_conf])
+        self.agent = self.env.spawn("cedra-agent", [harness.agent_bin(), "-f", self.agent_conf])
         self.env.wait_ready(self.agent, lambda: os.path.exists(self.agent_sock) and
                             unix_command(self.agent_sock, "show info").startswith("Name:"),
                             10, "operator socket")

@@ -17,7 +17,6 @@ Usage: capture_seeds.py [CORPUS_DIR]   (default: corpus/ next to this file)
 """
 import json
 import os
-import socket
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,23 +29,6 @@ from client import ConsulDouble  # noqa: E402
 
 # fuzz_hapi.c: data[0] % 4 picks the parser; for set replies bit 2 picks the kind.
 SEL_STATE, SEL_STAT, SEL_INFO, SEL_SET_SILENT, SEL_SET_ADDR = 0, 1, 2, 3, 7
-
-
-def unix_command(path, command, timeout=5.0):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks)
-    finally:
-        s.close()
 
 
 def write(outdir, name, data):
@@ -112,10 +94,10 @@ def capture_hapi(outdir):
         sock = hp.sock
 
         def cap(name, sel, cmd):
-            write(outdir, name, bytes([sel]) + unix_command(sock, cmd))
+            write(outdir, name, bytes([sel]) + harness.unix_command(sock, cmd, text=False))
 
         def capset(name, sel, cmd):
-            write(outdir, name, bytes([sel]) + unix_command(sock, cmd))
+            write(outdir, name, bytes([sel]) + harness.unix_command(sock, cmd, text=False))
 
         cap("info", SEL_INFO, "show info")
         for be in ("storefront_stable", "storefront_canary", "spoa_cedra"):
@@ -138,7 +120,8 @@ def capture_hapi(outdir):
         capset("set_no_such_server", SEL_SET_SILENT, "set server storefront_stable/nope state ready")
         capset("set_no_such_backend", SEL_SET_ADDR, "set server nope/stable1 addr 127.0.0.1 port 1")
         harness.wait_until(
-            lambda: b"storefront_stable,stable1," in unix_command(sock, "show stat storefront_stable 4 -1"),
+            lambda: "storefront_stable,stable1," in harness.unix_command(
+                sock, "show stat storefront_stable 4 -1"),
             5, what="stable1 in show stat")
         for be in ("storefront_stable", "storefront_canary"):
             cap("state_%s_filled" % be, SEL_STATE, "show servers state %s" % be)

@@ -7,6 +7,7 @@ on failure the logs are printed.
 
 Environment:
   CEDRA_SPOA          path of the cedra-spoa binary [<repo>/build/spoa/cedra-spoa]
+  CEDRA_AGENT         path of the cedra-agent binary [<repo>/build/agent/cedra-agent]
   CEDRA_SPOA_WRAPPER  command prepended to cedra-spoa, e.g.
                       "valgrind --leak-check=full --error-exitcode=99
                        --errors-for-leak-kinds=definite,indirect"
@@ -18,6 +19,8 @@ Environment:
   CEDRA_KEEP_TMP      keep temporary directories (set to 1)
 """
 
+import csv
+import io
 import os
 import re
 import shlex
@@ -44,6 +47,10 @@ HAPROXY_STOP_RC = (0, -signal.SIGTERM)
 
 def spoa_bin():
     return os.environ.get("CEDRA_SPOA") or os.path.join(REPO, "build", "spoa", "cedra-spoa")
+
+
+def agent_bin():
+    return os.environ.get("CEDRA_AGENT") or os.path.join(REPO, "build", "agent", "cedra-agent")
 
 
 def spoa_wrapper():
@@ -92,6 +99,13 @@ def require_spoa():
     b = spoa_bin()
     if not (os.path.isfile(b) and os.access(b, os.X_OK)):
         raise unittest.SkipTest("cedra-spoa not built (%s)" % b)
+    return b
+
+
+def require_agent():
+    b = agent_bin()
+    if not (os.path.isfile(b) and os.access(b, os.X_OK)):
+        raise unittest.SkipTest("cedra-agent not built (%s)" % b)
     return b
 
 
@@ -164,6 +178,87 @@ def spop_healthcheck(addr, timeout=1.0):
         c.send(sc.haproxy_hello(healthcheck=True, capabilities=""))
         f = c.recv_frame()
         return f.type == sc.FRAME_AGENT_HELLO
+
+
+def send_and_read_to_eof(s, data):
+    """Sends data on the connected socket s; what the peer sends until it
+    closes."""
+    s.sendall(data)
+    chunks = []
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return b"".join(chunks)
+        chunks.append(d)
+
+
+def unix_command(path, line, timeout=None, text=True, errors="replace"):
+    """One command (str or bytes, without its newline) on a UNIX stream
+    socket, such as cedra-spoa's or cedra-agent's operator socket or
+    HAProxy's Runtime API: all three answer and close, so the answer is
+    everything up to EOF. text=False gives the bytes as read (hostile input
+    echoed back, fuzz seeds); errors="strict" makes an answer that is not
+    UTF-8 an error. timeout (default 5 s * slow_factor()) bounds each
+    socket operation."""
+    if timeout is None:
+        timeout = 5.0 * slow_factor()
+    data = line if isinstance(line, bytes) else line.encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        out = send_and_read_to_eof(s, data + b"\n")
+    return out.decode("utf-8", errors) if text else out
+
+
+# HAProxy's SRV_ADMF_MAINT and SRV_ADMF_DRAIN masks of srv_admin (show servers
+# state, field 6).
+ADMF_MAINT = 0x23
+ADMF_DRAIN = 0x18
+
+
+def servers_state(sock, backend):
+    """HAProxy's show servers state <backend> -> {srv_name: {addr, op, admin,
+    weight, port, state}}; state is "maint", "drain" or "ready" from admin."""
+    text = unix_command(sock, "show servers state %s" % backend)
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "1":
+        raise AssertionError("unexpected show servers state answer: %r" % text[:200])
+    out = {}
+    for line in lines[2:]:
+        if not line.strip():
+            continue
+        f = line.split()
+        admin = int(f[6])
+        state = "maint" if admin & ADMF_MAINT else "drain" if admin & ADMF_DRAIN else "ready"
+        out[f[3]] = {"addr": f[4], "op": int(f[5]), "admin": admin, "weight": int(f[7]),
+                     "port": int(f[18]), "state": state}
+    return out
+
+
+def slot_ports(sock, backend, states=("ready",)):
+    """Ports of the server-template slots (stableN, canaryN; not the backup
+    server) in one of states."""
+    return sorted(r["port"] for name, r in servers_state(sock, backend).items()
+                  if r["state"] in states and re.match(r"^(stable|canary)\d+$", name))
+
+
+def show_stat(sock):
+    """HAProxy's show stat -> list of dicts (CSV, first line starts with "# ")."""
+    text = unix_command(sock, "show stat")
+    lines = [l for l in text.splitlines() if l.strip()]
+    if not lines or not lines[0].startswith("# "):
+        raise AssertionError("unexpected show stat answer: %r" % text[:200])
+    lines[0] = lines[0][2:]
+    return list(csv.DictReader(io.StringIO("\n".join(lines))))
+
+
+def redis_ping(port, timeout=1.0):
+    """True when the redis-server on 127.0.0.1:port answers PING (an inline
+    command: no RESP client needed here)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"PING\r\n")
+        with s.makefile("rb") as f:
+            return f.readline() == b"+PONG\r\n"
 
 
 class Proc(object):
@@ -275,6 +370,20 @@ class Env(object):
         except AssertionError:
             proc.dump()
             raise
+
+    # ---- redis-server
+    def start_redis(self, port=None, name="redis-server", extra=()):
+        """redis-server on 127.0.0.1:port (a free port by default) without
+        persistence, extra: more arguments; waits until it answers PING.
+        The process's port is proc.port."""
+        require_tool("redis-server")
+        port = port or free_port()
+        proc = self.spawn(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no"] + list(extra))
+        proc.expect_rc = (0, -signal.SIGTERM)
+        proc.port = port
+        self.wait_ready(proc, lambda: redis_ping(port), 10, "redis PING")
+        return proc
 
     # ---- cedra-spoa
     def spoa_config(self, listen, threads=2, max_frame_size=16380, log_level="info",

@@ -19,7 +19,7 @@ import time
 
 import harness
 from test_edge_cache import redis_cmd
-from test_haproxy import runtime_api, stat_row
+from test_haproxy import stat_row
 
 STOREFRONT = os.path.join(harness.REPO, "tests", "fixtures", "storefront")
 ROUTES_TOOL = os.path.join(harness.REPO, "spoa", "cedra-routes.mjs")
@@ -88,18 +88,6 @@ class CacheKeys(object):
             if rx.match(path):
                 return "/route-cache/%s/%s/$%s" % (kind, digest, path if path != "/" else "/index")
         raise AssertionError("no route for %s" % path)
-
-
-def start_redis(env, port=None, name="redis-server"):
-    harness.require_tool("redis-server")
-    port = port or harness.free_port()
-    proc = env.spawn(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no"])
-    proc.expect_rc = (0, -signal.SIGTERM)
-    proc.port = port
-    env.wait_ready(proc, lambda: harness.tcp_connectable("127.0.0.1", port) and
-                   redis_cmd(port, "PING") == "PONG", 10, "redis PING")
-    return proc
 
 
 def start_next(env, variant, redis_port, data_file, build_id=BUILD_ID):
@@ -174,13 +162,13 @@ class EdgeNode(object):
 
     def spoa_info(self):
         out = {}
-        for line in runtime_api(self.spoa_sock, "show info").splitlines():
+        for line in harness.unix_command(self.spoa_sock, "show info").splitlines():
             k, _, v = line.partition(":")
             out[k.strip()] = v.strip()
         return out
 
     def spoa_stat(self):
-        return json.loads(runtime_api(self.spoa_sock, "show stat json"))
+        return json.loads(harness.unix_command(self.spoa_sock, "show stat json"))
 
     def get(self, path, headers=None, method="GET", timeout=5.0):
         return http_request(self.hap.port, path, headers, method, timeout)

@@ -42,55 +42,6 @@ SVC = "storefront"
 NORIGINS = 7
 STABLE_SLOTS = 6
 CANARY_SLOTS = 3
-ADMF_MAINT = 0x23
-ADMF_DRAIN = 0x18
-
-
-def agent_bin():
-    return os.environ.get("CEDRA_AGENT") or os.path.join(harness.REPO, "build", "agent",
-                                                         "cedra-agent")
-
-
-def unix_command(path, command, timeout=5.0):
-    """One command on a UNIX stream socket; the answer up to EOF."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks).decode("utf-8", "replace")
-    finally:
-        s.close()
-
-
-def servers_state(sock, backend):
-    """show servers state <backend> -> {srv_name: dict}."""
-    text = unix_command(sock, "show servers state %s" % backend)
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "1":
-        raise AssertionError("unexpected show servers state answer: %r" % text[:200])
-    out = {}
-    for line in lines[2:]:
-        if not line.strip():
-            continue
-        f = line.split()
-        admin = int(f[6])
-        state = "maint" if admin & ADMF_MAINT else "drain" if admin & ADMF_DRAIN else "ready"
-        out[f[3]] = {"addr": f[4], "op": int(f[5]), "admin": admin, "weight": int(f[7]),
-                     "port": int(f[18]), "state": state}
-    return out
-
-
-def ready_ports(sock, backend):
-    """Ports of the slots (not the backup server) in state ready."""
-    return sorted(r["port"] for name, r in servers_state(sock, backend).items()
-                  if r["state"] == "ready" and re.match(r"^(stable|canary)\d+$", name))
 
 
 def connect_as(uid, path):
@@ -200,8 +151,7 @@ class AgentTest(harness.IntegrationTestCase):
     def _start_stack(cls):
         env = cls.cenv
         harness.require_tool(harness.haproxy_bin())
-        if not os.access(agent_bin(), os.X_OK):
-            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
         harness.require_spoa()
 
         # origins o1..oN: 200 "oN", x-instance: oN
@@ -235,7 +185,7 @@ class AgentTest(harness.IntegrationTestCase):
         # cedra-spoa (real), its operator socket receives the pools
         cls.spoa_sock = env.path("spoa.sock")
         cls.spoa = env.start_spoa(threads=1, extra="stats-socket %s" % cls.spoa_sock)
-        help_text = unix_command(cls.spoa_sock, "help")
+        help_text = harness.unix_command(cls.spoa_sock, "help")
         if "set pool" not in help_text:
             raise unittest.SkipTest("this cedra-spoa has no 'set pool' command")
 
@@ -244,11 +194,12 @@ class AgentTest(harness.IntegrationTestCase):
         cls.agent_conf = env.write("cedra-agent.conf", AGENT_CONF % {
             "consul": cls.double.addr, "hsock": cls.hsock, "ssock": cls.spoa_sock,
             "asock": cls.agent_sock, "mport": cls.metrics_port})
-        out = subprocess.run([agent_bin(), "-c", "-f", cls.agent_conf], capture_output=True,
+        out = subprocess.run([harness.agent_bin(), "-c", "-f", cls.agent_conf], capture_output=True,
                              timeout=10)
         if out.returncode != 0:
             raise AssertionError("cedra-agent -c: %r" % out)
-        cls.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", cls.agent_conf])
+        cls.agent = env.spawn("cedra-agent",
+                              harness.agent_wrapper() + [harness.agent_bin(), "-f", cls.agent_conf])
         env.wait_ready(cls.agent, lambda: os.path.exists(cls.agent_sock), 10, "operator socket")
 
     @classmethod
@@ -261,7 +212,7 @@ class AgentTest(harness.IntegrationTestCase):
 
     # ---- helpers -------------------------------------------------------------------
     def cmd(self, command):
-        return unix_command(self.agent_sock, command)
+        return harness.unix_command(self.agent_sock, command)
 
     def inst(self, n, tags=(), build="b1", **kw):
         d = {"id": "o%d" % n, "address": "127.0.0.1", "port": self.oport[n - 1],
@@ -274,13 +225,13 @@ class AgentTest(harness.IntegrationTestCase):
 
     def wait_ports(self, backend, origins, timeout=5.0):
         want = sorted(self.oport[n - 1] for n in origins)
-        harness.wait_until(lambda: ready_ports(self.hsock, backend) == want, timeout,
+        harness.wait_until(lambda: harness.slot_ports(self.hsock, backend) == want, timeout,
                            interval=0.01, what="%s ready on origins %r" % (backend, origins))
 
     def wait_no_drain(self, timeout=6.0):
         def ok():
             return all(r["state"] != "drain" for b in ("storefront_stable", "storefront_canary")
-                       for r in servers_state(self.hsock, b).values())
+                       for r in harness.servers_state(self.hsock, b).values())
         harness.wait_until(ok, timeout, what="no slot draining")
 
     def baseline(self):
@@ -293,7 +244,7 @@ class AgentTest(harness.IntegrationTestCase):
         want = sorted(self.oport[:3])
 
         def settled():
-            if ready_ports(self.hsock, "storefront_stable") == want:
+            if harness.slot_ports(self.hsock, "storefront_stable") == want:
                 return "ok"
             return "panic" if self.services()["panic"] == "1" else None
         if harness.wait_until(settled, 5, what="baseline") == "panic":
@@ -319,7 +270,7 @@ class AgentTest(harness.IntegrationTestCase):
         return kv
 
     def spoa_pools(self):
-        text = unix_command(self.spoa_sock, "show pools")
+        text = harness.unix_command(self.spoa_sock, "show pools")
         rows = [l.split(",") for l in text.splitlines() if l and not l.startswith("#")]
         return {r[0]: {"key_prefix": r[1], "build": r[4], "weight": int(r[5])} for r in rows}
 
@@ -332,12 +283,12 @@ class AgentTest(harness.IntegrationTestCase):
                 for b, snap in self.snapshot().items()}
 
     def cum_req(self):
-        m = re.search(r"^CumReq: (\d+)$", unix_command(self.hsock, "show info"), re.M)
+        m = re.search(r"^CumReq: (\d+)$", harness.unix_command(self.hsock, "show info"), re.M)
         return int(m.group(1))
 
     def snapshot(self):
         return {b: {k: (v["state"], v["port"], v["weight"])
-                    for k, v in servers_state(self.hsock, b).items()}
+                    for k, v in harness.servers_state(self.hsock, b).items()}
                 for b in ("storefront_stable", "storefront_canary")}
 
     def metrics(self):
@@ -365,7 +316,7 @@ class AgentTest(harness.IntegrationTestCase):
         self.assertEqual((code, h.get("x-instance")), (200, "backup"))
         self.set_catalog(self.inst(1), self.inst(2), self.inst(3))
         self.wait_ports("storefront_stable", [1, 2, 3])
-        st = servers_state(self.hsock, "storefront_stable")
+        st = harness.servers_state(self.hsock, "storefront_stable")
         self.assertEqual(sum(1 for r in st.values() if r["state"] == "maint"), STABLE_SLOTS - 3)
         seen = {}
         for _ in range(30):
@@ -507,7 +458,7 @@ class AgentTest(harness.IntegrationTestCase):
             load.stop()
         self.assertEqual(load.fail, 0, load.errors[:5])
         self.assertTrue({"o1", "o2", "o3"} & set(load.by), load.by)
-        row = servers_state(self.hsock, "storefront_canary")
+        row = harness.servers_state(self.hsock, "storefront_canary")
         self.assertTrue(all(r["state"] == "maint" for r in row.values()), row)
 
     def test_06_consul_faults_keep_the_pools(self):
@@ -578,7 +529,7 @@ class AgentTest(harness.IntegrationTestCase):
         self.wait_ports("storefront_stable", [1, 2, 3, 4])
         self.set_catalog(self.inst(5))          # 1 of 4: refused
         harness.wait_until(lambda: self.services()["panic"] == "1", 5, what="panic")
-        self.assertEqual(ready_ports(self.hsock, "storefront_stable"),
+        self.assertEqual(harness.slot_ports(self.hsock, "storefront_stable"),
                          sorted(self.oport[:4]))
         self.assertEqual(self.cmd("resync"), "\n")   # the operator says it is real
         self.wait_ports("storefront_stable", [5])
@@ -637,7 +588,7 @@ class AgentTest(harness.IntegrationTestCase):
             "register cedra-agent id cedra-agent-second ttl 1s\nhealth-window 500ms\n"
             "reconcile-interval 100ms\n") % (SVC, self.double.addr, env.path("nothing.sock"),
                                           env.path("second.sock")))
-        p = env.spawn("cedra-agent-second", harness.agent_wrapper() + [agent_bin(), "-f", conf])
+        p = env.spawn("cedra-agent-second", harness.agent_wrapper() + [harness.agent_bin(), "-f", conf])
 
         def critical():
             reg = self.double.registrations()
@@ -764,15 +715,15 @@ class AgentTest(harness.IntegrationTestCase):
         self.set_catalog(self.inst(1, weights={"passing": 3, "warning": 1}), self.inst(2),
                          self.inst(3))
         harness.wait_until(lambda: any(r["port"] == self.oport[0] and r["weight"] == 3
-                                       for r in servers_state(self.hsock,
-                                                              "storefront_stable").values()),
+                                       for r in harness.servers_state(
+                                           self.hsock, "storefront_stable").values()),
                            5, what="weight 3 on o1's slot")
         # 7 instances, 6 slots: one left out, said once in the log and in a metric
         self.set_catalog(*[self.inst(n) for n in range(1, NORIGINS + 1)])
         harness.wait_until(lambda: self.metric(self.metrics(), "cedra_agent_instances_without_slot",
                                                backend="storefront_stable") == 1, 5,
                            what="instances_without_slot 1")
-        self.assertEqual(len(ready_ports(self.hsock, "storefront_stable")), STABLE_SLOTS)
+        self.assertEqual(len(harness.slot_ports(self.hsock, "storefront_stable")), STABLE_SLOTS)
         self.assertEqual(self.agent.stderr_text().count("event=slots_exhausted"), 1)
         self.set_catalog(*[self.inst(n) for n in range(1, 5)])   # 4/7: above panic-ratio
         self.wait_ports("storefront_stable", [1, 2, 3, 4])
@@ -809,11 +760,10 @@ class AgentConfigDocsTest(unittest.TestCase):
     of the code appears in docs/cedra-agent.8."""
 
     def setUp(self):
-        if not os.access(agent_bin(), os.X_OK):
-            self.skipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
 
     def run_agent(self, *args):
-        return subprocess.run([agent_bin()] + list(args), capture_output=True, timeout=10,
+        return subprocess.run([harness.agent_bin()] + list(args), capture_output=True, timeout=10,
                               text=True)
 
     def test_every_keyword_and_command_is_documented(self):

@@ -50,11 +50,6 @@ PAGE = re.compile(r"^ +page: (?P<h1>.*?) \| version (?P<version>\d+) \| (?P<pric
                   r"build (?P<build>\S+)$", re.M)
 
 
-def agent_bin():
-    return os.environ.get("CEDRA_AGENT") or os.path.join(harness.REPO, "build", "agent",
-                                                         "cedra-agent")
-
-
 def processes():
     """[(pid, pgid, sid)] of every live (not zombie) process."""
     out = []
@@ -127,7 +122,7 @@ def run_env(tmp):
     for var, port in ports.items():
         env[var] = str(port)
     env["CEDRA_SPOA"] = harness.spoa_bin()
-    env["CEDRA_AGENT"] = agent_bin()
+    env["CEDRA_AGENT"] = harness.agent_bin()
     # sanitizer builds are slower: stretch the edge's timeouts, not the steps
     sf = harness.slow_factor()
     env["CEDRA_DEMO_SPOE_TIMEOUT"] = "%dms" % (500 * sf)
@@ -143,8 +138,7 @@ class DemoTest(unittest.TestCase):
                      "curl", "shellcheck"):
             harness.require_tool(tool)
         harness.require_spoa()
-        if not os.access(agent_bin(), os.X_OK):
-            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="cedra-test-demo-")

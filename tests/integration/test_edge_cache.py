@@ -99,14 +99,8 @@ def aged(value, age_s):
 
 class EdgeCacheTest(HaproxyCase):
     def start_redis(self):
-        harness.require_tool("redis-server")
-        port = harness.free_port()
-        proc = self.env.spawn("redis-server", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                               "--save", "", "--appendonly", "no"])
-        proc.expect_rc = (0, -signal.SIGTERM)
-        harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", port) and
-                           redis_cmd(port, "PING") == "PONG", 10, what="redis PING")
-        return proc, port
+        proc = self.env.start_redis()
+        return proc, proc.port
 
     def put_page(self, slug, value, shared=True):
         key = ROUTE_KEY % slug

@@ -47,13 +47,10 @@ cedra-spoe.conf, default the repository's haproxy/), CEDRA_SPOA, CEDRA_AGENT
 CEDRA_HAPROXY_BIN.
 """
 
-import csv
 import http.client
-import io
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -75,8 +72,6 @@ CANARY_SLOTS = 2
 WEIGHT = 30                     # canary-weight in the agent's configuration
 NEW_USERS = 300
 LOAD_MIN_SECONDS = 5.0
-ADMF_MAINT = 0x23
-ADMF_DRAIN = 0x18
 POLL = 5.0                      # bound of every wait on the agent / HAProxy
 PACE = 25                       # requests per user in each intermediate state
 
@@ -85,64 +80,9 @@ def haproxy_dir():
     return os.environ.get("CEDRA_TEST_HAPROXY_DIR") or harness.HAPROXY_DIR
 
 
-def agent_bin():
-    return os.environ.get("CEDRA_AGENT") or os.path.join(harness.REPO, "build", "agent",
-                                                         "cedra-agent")
-
-
-def unix_command(path, command, timeout=5.0):
-    """One command on a UNIX stream socket; the answer up to EOF."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks).decode("utf-8", "replace")
-    finally:
-        s.close()
-
-
-def servers_state(sock, backend):
-    """show servers state <backend> -> {srv_name: {port, state}}."""
-    text = unix_command(sock, "show servers state %s" % backend)
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "1":
-        raise AssertionError("unexpected show servers state answer: %r" % text[:200])
-    out = {}
-    for line in lines[2:]:
-        if not line.strip():
-            continue
-        f = line.split()
-        admin = int(f[6])
-        state = "maint" if admin & ADMF_MAINT else "drain" if admin & ADMF_DRAIN else "ready"
-        out[f[3]] = {"addr": f[4], "port": int(f[18]), "state": state}
-    return out
-
-
-def slot_ports(sock, backend, states=("ready",)):
-    """Ports of the template slots (not the backup server) in one of states."""
-    return sorted(r["port"] for name, r in servers_state(sock, backend).items()
-                  if r["state"] in states and re.match(r"^(stable|canary)\d+$", name))
-
-
-def show_stat(sock):
-    text = unix_command(sock, "show stat")
-    lines = [l for l in text.splitlines() if l.strip()]
-    if not lines or not lines[0].startswith("# "):
-        raise AssertionError("unexpected show stat answer: %r" % text[:200])
-    lines[0] = lines[0][2:]
-    return list(csv.DictReader(io.StringIO("\n".join(lines))))
-
-
 def backend_total(sock, backend):
     """Sessions the backend ever handled (stot of its BACKEND row)."""
-    for row in show_stat(sock):
+    for row in harness.show_stat(sock):
         if row["pxname"] == backend and row["svname"] == "BACKEND":
             return int(row["stot"])
     raise AssertionError("no backend %s in show stat" % backend)
@@ -302,8 +242,7 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
     @classmethod
     def _preflight(cls):
         harness.require_tool(harness.haproxy_bin())
-        if not os.access(agent_bin(), os.X_OK):
-            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
         harness.require_spoa()
         cfg = os.path.join(haproxy_dir(), "haproxy.cfg")
         with open(cfg) as f:
@@ -365,10 +304,10 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
         conf = env.write("cedra-agent.conf", AGENT_CONF % {
             "consul": cls.double.addr, "hsock": cls.hsock, "ssock": cls.spoa_sock,
             "asock": cls.agent_sock, "weight": WEIGHT})
-        out = subprocess.run([agent_bin(), "-c", "-f", conf], capture_output=True, timeout=10)
+        out = subprocess.run([harness.agent_bin(), "-c", "-f", conf], capture_output=True, timeout=10)
         if out.returncode != 0:
             raise AssertionError("cedra-agent -c: %r" % (out,))
-        cls.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", conf])
+        cls.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [harness.agent_bin(), "-f", conf])
         env.wait_ready(cls.agent, lambda: os.path.exists(cls.agent_sock), 10, "operator socket")
 
         # the SPOE answers (not ERROR) before any measurement
@@ -395,11 +334,11 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
 
     def wait_slots(self, backend, names, timeout=POLL):
         want = self.ports(*names)
-        harness.wait_until(lambda: slot_ports(self.hsock, backend) == want, timeout,
+        harness.wait_until(lambda: harness.slot_ports(self.hsock, backend) == want, timeout,
                            interval=0.01, what="%s ready on %r" % (backend, names))
 
     def spoa_pools(self):
-        text = unix_command(self.spoa_sock, "show pools")
+        text = harness.unix_command(self.spoa_sock, "show pools")
         rows = [l.split(",") for l in text.splitlines() if l and not l.startswith("#")]
         return {r[0]: {"key_prefix": r[1], "build": r[4], "weight": int(r[5])} for r in rows}
 
@@ -417,7 +356,7 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
             raise AssertionError("%s; last show pools: %r" % (e, last[0]))
 
     def agent_cmd(self, command):
-        return unix_command(self.agent_sock, command)
+        return harness.unix_command(self.agent_sock, command)
 
     def stop_allocation(self, name, backend="storefront_stable", deregister=True):
         """Nomad stops an allocation: deregistered from Consul, then killed once
@@ -426,7 +365,8 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
         port = self.origin[name].port
         if deregister:
             self.double.remove_instance(SVC, name)
-        harness.wait_until(lambda: port not in slot_ports(self.hsock, backend, ("ready", "drain")),
+        harness.wait_until(lambda: port not in harness.slot_ports(self.hsock, backend,
+                                                                  ("ready", "drain")),
                            3.0 + POLL, interval=0.01, what="%s drained and in maint" % name)
         self.origin[name].stop()
 

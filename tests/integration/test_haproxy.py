@@ -5,9 +5,7 @@ Nothing is copied: HAProxy reads haproxy/haproxy.cfg and the environment
 variables documented at its top point it at our ports and sockets.
 """
 
-import csv
 import http.client
-import io
 import os
 import re
 import shutil
@@ -38,35 +36,8 @@ def http_get(port, path, headers=None, timeout=5.0 * SF, method="GET"):
         c.close()
 
 
-def runtime_api(sock_path, command, timeout=5.0):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(sock_path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks).decode("utf-8", "replace")
-    finally:
-        s.close()
-
-
-def show_stat(sock_path):
-    """show stat -> list of dicts (CSV, first line starts with "# ")."""
-    text = runtime_api(sock_path, "show stat")
-    lines = [l for l in text.splitlines() if l.strip()]
-    if not lines or not lines[0].startswith("# "):
-        raise AssertionError("unexpected show stat answer: %r" % text[:200])
-    lines[0] = lines[0][2:]
-    return list(csv.DictReader(io.StringIO("\n".join(lines))))
-
-
 def stat_row(sock_path, px, sv):
-    for row in show_stat(sock_path):
+    for row in harness.show_stat(sock_path):
         if row["pxname"] == px and row["svname"] == sv:
             return row
     raise AssertionError("no %s/%s in show stat" % (px, sv))

@@ -25,7 +25,7 @@ import unittest
 
 import harness
 import spop_client as sc
-from test_haproxy import HaproxyCase, SF, runtime_api
+from test_haproxy import HaproxyCase, SF
 from test_edge_cache import redis_cmd, load_value, aged, EdgeCacheTest, FIX, next_etag
 
 CORPUS = os.path.join(harness.REPO, "tests", "hostile")
@@ -427,11 +427,10 @@ class HostileHttpTest(HostileHttpBase):
         self.env.wait_ready(proc, lambda: harness.tcp_connectable("127.0.0.1", port), 10, "canary origin")
         for cmd in ("set server storefront_canary/canary1 addr 127.0.0.1 port %d" % port,
                     "set server storefront_canary/canary1 state ready"):
-            runtime_api(self.hap.sock, cmd)
-        from test_pools import opsock
+            harness.unix_command(self.hap.sock, cmd)
         for cmd in ("set pool canary key-prefix %s routes pathname build b2" % CANARY_PREFIX,
                     "set pool canary weight 0"):
-            self.assertNotIn("error", opsock(self.sock, cmd))
+            self.assertNotIn("error", harness.unix_command(self.sock, cmd, errors="strict"))
         canary_html = b"<!DOCTYPE html><html><body>CANARY chair</body></html>"
         self.put(CANARY_PREFIX, "/fr/products/chair", canary_html.decode())
         stable_html = self.pages[b"/fr/products/chair"]
@@ -892,15 +891,15 @@ class SpopConnectionLimitTest(harness.IntegrationTestCase):
     the connections already open keep working, and a slot freed is reused."""
 
     def stat(self, name):
-        out = opsock_cmd(self.sock, b"show stat").decode()
+        out = harness.unix_command(self.sock, "show stat", errors="strict")
         return int(re.search(r"^%s,,(\d+)$" % name, out, re.M).group(1))
 
     def test_connections_beyond_the_limit_are_refused(self):
         self.sock = self.env.path("spoa.sock")
         agent = self.env.start_spoa(threads=2, extra="max-connections 3\nstats-socket %s" % self.sock)
-        self.assertIn(b"Spop_max_connections: 3\n", opsock_cmd(self.sock, b"show info"))
+        self.assertIn("Spop_max_connections: 3\n", harness.unix_command(self.sock, "show info"))
         # The start-up health check's connection may not be accounted closed yet.
-        harness.wait_until(lambda: b"Spop_connections: 0\n" in opsock_cmd(self.sock, b"show info"),
+        harness.wait_until(lambda: "Spop_connections: 0\n" in harness.unix_command(self.sock, "show info"),
                            10 * SF, what="no SPOP connection open")
         held = []
         try:
@@ -1008,27 +1007,6 @@ class SpopValkeyHostileTest(harness.IntegrationTestCase):
 
 
 # ---- operator sockets -----------------------------------------------------------------------
-
-
-def agent_bin():
-    return os.environ.get("CEDRA_AGENT") or os.path.join(harness.REPO, "build", "agent", "cedra-agent")
-
-
-def opsock_cmd(path, line, timeout=T):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        s.sendall(line + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks)
-    finally:
-        s.close()
 
 
 class Abuser(object):
@@ -1181,7 +1159,7 @@ class OpsockHostileBase(object):
         finally:
             for s in clients:
                 s.close()
-        harness.wait_until(lambda: b"Pid:" in opsock_cmd(self.sock_path, b"show info"), 10 * SF,
+        harness.wait_until(lambda: "Pid:" in harness.unix_command(self.sock_path, "show info"), 10 * SF,
                            what="operator socket served again after the concurrent clients left")
         self.healthy(label + " after all")
         self.assertEqual(log_lines_broken(self.daemon)[:5], [], "%s: log lines broken" % label)
@@ -1214,7 +1192,7 @@ class SpoaOpsockHostileTest(OpsockHostileBase, HaproxyCase):
 
     def healthy(self, what):
         self.healthy_http(what)
-        out = opsock_cmd(self.sock_path, b"show info").decode("latin-1")
+        out = harness.unix_command(self.sock_path, "show info", text=False).decode("latin-1")
         self.assertIn("Pid: %d" % self.pid, out, what)
 
     def test_spoa_operator_socket_abuse(self):
@@ -1281,13 +1259,13 @@ class SpoaOpsockHostileTest(OpsockHostileBase, HaproxyCase):
 class AgentOpsockHostileTest(OpsockHostileBase, harness.IntegrationTestCase):
     def setUp(self):
         super().setUp()
-        if not os.access(agent_bin(), os.X_OK):
-            raise unittest.SkipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
         self.sock_path = self.env.path("agent.sock")
         conf = self.env.write("agent.conf", (
             "allow-root\nservice storefront\nconsul-addr 127.0.0.1:%d\nhaproxy-socket %s\nstats-socket %s\n"
             "metrics none\n") % (harness.free_port(), self.env.path("no-haproxy.sock"), self.sock_path))
-        self.daemon = self.env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", conf])
+        self.daemon = self.env.spawn("cedra-agent",
+                                     harness.agent_wrapper() + [harness.agent_bin(), "-f", conf])
         self.env.wait_ready(self.daemon, lambda: os.path.exists(self.sock_path), 10 * SF, "operator socket")
         self.pid = self.daemon.pid
 
@@ -1297,7 +1275,7 @@ class AgentOpsockHostileTest(OpsockHostileBase, harness.IntegrationTestCase):
 
     def healthy(self, what):
         self.healthy_http(what)
-        out = opsock_cmd(self.sock_path, b"show info").decode("latin-1")
+        out = harness.unix_command(self.sock_path, "show info", text=False).decode("latin-1")
         self.assertIn("Pid: %d" % self.pid, out, what)
 
     def test_agent_operator_socket_abuse(self):

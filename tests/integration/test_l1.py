@@ -29,24 +29,6 @@ from test_haproxy import HaproxyCase, SF
 L1_BUDGET = 3 * 1024 * 1024
 
 
-def spoa_cmd(sock, line):
-    import socket as _s
-    s = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(sock)
-    try:
-        s.sendall(line.encode() + b"\n")
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-        return out.decode()
-    finally:
-        s.close()
-
-
 class L1Test(HaproxyCase):
     start_redis = EdgeCacheTest.start_redis
     put_page = EdgeCacheTest.put_page
@@ -73,11 +55,12 @@ class L1Test(HaproxyCase):
 
     # ---- helpers
     def cache_info(self):
-        head = spoa_cmd(self.sock, "show cache").splitlines()[0]
+        head = harness.unix_command(self.sock, "show cache", errors="strict").splitlines()[0]
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", head)}
 
     def cached_keys(self):
-        return [l.split(",")[0] for l in spoa_cmd(self.sock, "show cache").splitlines()
+        text = harness.unix_command(self.sock, "show cache", errors="strict")
+        return [l.split(",")[0] for l in text.splitlines()
                 if l and not l.startswith("#")]
 
     def hot(self, slug="chair", value=None):

@@ -83,18 +83,8 @@ def raw_request(port, method, target, headers, timeout=5.0 * SF):
     if method in ("POST", "PUT"):
         lines.append("Content-Length: 0")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        s.sendall(data)
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-    finally:
-        s.close()
-    raw = b"".join(chunks)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        raw = harness.send_and_read_to_eof(s, data)
     head, _, body = raw.partition(b"\r\n\r\n")
     hl = head.decode("latin-1").split("\r\n")
     status = int(hl[0].split()[1])

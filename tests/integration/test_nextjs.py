@@ -124,7 +124,7 @@ class _NextjsEdge(object):
         want = "pathname" if cls.VARIANT == "v1637" else "route-cache"
         if cls.keys.scheme != want:
             raise AssertionError("%s: route table scheme %s, want %s" % (cls.VARIANT, cls.keys.scheme, want))
-        cls.redis = nf.start_redis(env)
+        cls.redis = env.start_redis()
         cls.rport = cls.redis.port
         cls.data = nf.copy_catalogue(env)
         cls.next = nf.start_next(env, cls.VARIANT, cls.rport, cls.data)
@@ -516,7 +516,7 @@ class _NextjsEdge(object):
         try:
             fig = self._load(a, "valkey stopped")
         finally:
-            self.__class__.redis = nf.start_redis(self.cenv, port=port)
+            self.__class__.redis = self.cenv.start_redis(port=port)
         self.assertGreater(a.spoa_stat()["valkey_errors"], errors0, self.VARIANT)
         self.assertIn("event=valkey_down", a.spoa.stderr_text(), self.VARIANT)
         self._recovers(a, "valkey restarted")

@@ -5,29 +5,11 @@ takes operator/agent changes over its operator socket ("set pool ...")."""
 
 import json
 import os
-import socket
 
 import harness
-from test_haproxy import HaproxyCase, SF, runtime_api
+from test_haproxy import HaproxyCase, SF
 from test_locale_routing import raw_request
 from test_edge_cache import redis_cmd, load_value, aged, EdgeCacheTest
-
-
-def opsock(path, line):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5 * SF)
-    try:
-        s.connect(path)
-        s.sendall(line.encode() + b"\n")
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks).decode()
-    finally:
-        s.close()
 
 
 class PoolsTest(HaproxyCase):
@@ -62,10 +44,10 @@ class PoolsTest(HaproxyCase):
         self.canary_port = self.start_origin_named("canary")
         for cmd in ("set server storefront_canary/canary1 addr 127.0.0.1 port %d" % self.canary_port,
                     "set server storefront_canary/canary1 state ready"):
-            runtime_api(self.hap.sock, cmd)
+            harness.unix_command(self.hap.sock, cmd)
 
     def cmd(self, line):
-        out = opsock(self.sock, line)
+        out = harness.unix_command(self.sock, line, errors="strict")
         self.assertNotIn("error", out, line)
         return out
 
@@ -183,8 +165,8 @@ class PoolsTest(HaproxyCase):
                            what="page back in memory again")
         self.assertIn("purged 1", self.cmd("purge prefix s:"))
         self.assertIn("purged 0", self.cmd("purge all"))
-        self.assertIn("error", opsock(self.sock, "purge key"))
-        self.assertIn("error", opsock(self.sock, "show cache a b"))
+        self.assertIn("error", harness.unix_command(self.sock, "purge key", errors="strict"))
+        self.assertIn("error", harness.unix_command(self.sock, "show cache a b", errors="strict"))
 
     def test_bad_commands(self):
         for line in ("set pool", "set pool blue key-prefix x routes pathname",
@@ -192,7 +174,7 @@ class PoolsTest(HaproxyCase):
                      "set pool canary key-prefix c: routes /nonexistent build b2",
                      "set pool canary key-prefix c: routes pathname build bad.id",
                      "set pool canary key-prefix c:"):
-            out = opsock(self.sock, line)
+            out = harness.unix_command(self.sock, line, errors="strict")
             self.assertTrue(out.startswith("error") or "error:" in out, (line, out))
         self.assertIn("stable,s:", self.cmd("show pools"))
         self.assertNotIn("canary", self.cmd("show pools"))

@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "consul_double"))
 import harness  # noqa: E402
 import test_edge_cache as ec  # noqa: E402 (helpers only: no test class is imported)
 from client import ConsulDouble  # noqa: E402
-from test_agent import agent_bin, unix_command  # noqa: E402
 from test_haproxy import HaproxyCase, SF  # noqa: E402
 from test_locale_routing import raw_request  # noqa: E402
 
@@ -130,8 +129,8 @@ class RefuseRootTest(RootCase):
             (harness.require_spoa(), "spoa-root.conf",
              "listen 127.0.0.1:%d\nstats-socket %s\nuser root\n" % (port, sock), "'user root' is root"),
         ]
-        if os.access(agent_bin(), os.X_OK):
-            cases.append((agent_bin(), "agent.conf",
+        if os.access(harness.agent_bin(), os.X_OK):
+            cases.append((harness.agent_bin(), "agent.conf",
                           "service storefront\nconsul-addr 127.0.0.1:1\nhaproxy-socket %s\n"
                           "stats-socket %s\nmetrics none\nregister off\n" % (
                               self.env.path("none.sock"), sock), "refusing to run as root"))
@@ -218,7 +217,7 @@ class SpoaUserTest(RootCase):
         self.assert_socket(self.spoa_sock, uid, gid, 0o660)   # unix-mode: HAProxy's group
         self.assert_socket(self.admin, uid, gid, 0o600)
         self.assert_socket(self.deliver, uid, gid, 0o600)
-        self.assertIn("Name: cedra-spoa", unix_command(self.admin, "show info"))
+        self.assertIn("Name: cedra-spoa", harness.unix_command(self.admin, "show info"))
         st, text = http_status(self.mport)
         self.assertEqual(st, 200)
         self.assertIn("cedra_spoa_requests_total", text)
@@ -255,7 +254,7 @@ class SpoaUserTest(RootCase):
         # Still nobody, still serving, on the old settings.
         self.assert_all_threads_are(self.spoa, NOBODY.pw_uid, NOBODY.pw_gid)
         self.assertEqual(self.get("/fr/products/chair")[1].get("x-cedra-cache"), "HIT")
-        self.assertIn("Name: cedra-spoa", unix_command(self.admin, "show info"))
+        self.assertIn("Name: cedra-spoa", harness.unix_command(self.admin, "show info"))
 
     def test_secrets_never_reach_the_log(self):
         """Debug logs through real traffic carrying every kind of secret."""
@@ -303,15 +302,15 @@ class AgentUserTest(RootCase):
             "log-level debug\n%s") % (self.double.addr, os.path.join(self.run_dir, "no-haproxy.sock"),
                                       self.admin, self.mport, name, name, extra))
         os.chmod(conf, 0o644)
-        proc = self.env.spawn(name, harness.agent_wrapper() + [agent_bin(), "-f", conf], env=token_env)
+        proc = self.env.spawn(name, harness.agent_wrapper() + [harness.agent_bin(), "-f", conf],
+                              env=token_env)
         self.env.wait_ready(proc, lambda: os.path.exists(self.admin), 10 * SF, "operator socket")
         proc.config = conf
         return proc
 
     def setUp(self):
         super().setUp()
-        if not os.access(agent_bin(), os.X_OK):
-            self.skipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
         self.token = "c0ffee00-5ec7-4e7a-b00c-%012d" % os.getpid()
         self.double = ConsulDouble.start(token=self.token, control_port=0,
                                          stderr=open(self.env.path("double.err"), "wb"))
@@ -336,7 +335,7 @@ class AgentUserTest(RootCase):
         self.wait_log(agent, r"level=debug ")
         self.assert_all_threads_are(agent, uid, gid)
         self.assert_socket(self.admin, uid, gid, 0o600)
-        self.assertIn("cedra-agent", unix_command(self.admin, "show info"))
+        self.assertIn("cedra-agent", harness.unix_command(self.admin, "show info"))
         self.assertEqual(http_status(self.mport)[0], 200)
         # ... cannot change user on SIGHUP ...
         with open(agent.config) as f:
@@ -442,8 +441,7 @@ class CheckPermissionsTest(unittest.TestCase):
                     self.assertIn("Configuration file is valid", out)
 
     def test_agent_rules(self):
-        if not os.access(agent_bin(), os.X_OK):
-            self.skipTest("cedra-agent not built")
+        harness.require_agent()
         safe = self.sock_dir(0o755)
         base = "service storefront\nmetrics none\nallow-root\n"
         cases = [
@@ -468,7 +466,7 @@ class CheckPermissionsTest(unittest.TestCase):
             cases.append(("haproxy-socket-group", conf.replace(hsock, hsock2), 0, None))
         for name, text, rc, pattern in cases:
             with self.subTest(case=name):
-                got, err, out = self.check(agent_bin(), text)
+                got, err, out = self.check(harness.agent_bin(), text)
                 self.assertEqual(got, rc, err)
                 if pattern:
                     self.assertRegex(err, pattern)

@@ -109,7 +109,7 @@ class _RscEdge(object):
             cls.proj = nf.setup_variant(cls.VARIANT)
             cls.table = nf.route_table(env, cls.proj)
             cls.keys = nf.CacheKeys(cls.table)
-            cls.redis = nf.start_redis(env)
+            cls.redis = env.start_redis()
             cls.rport = cls.redis.port
             cls.data = nf.copy_catalogue(env)
             cls.next = nf.start_next(env, cls.VARIANT, cls.rport, cls.data)

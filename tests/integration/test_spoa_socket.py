@@ -6,7 +6,6 @@ traffic."""
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import urllib.error
@@ -14,9 +13,8 @@ import urllib.request
 
 import harness
 from test_agent import connect_as
-from test_haproxy import HaproxyCase, SF
+from test_haproxy import HaproxyCase
 from test_locale_routing import raw_request
-from test_pools import opsock
 
 
 class SpoaSocketTest(HaproxyCase):
@@ -37,7 +35,7 @@ class SpoaSocketTest(HaproxyCase):
         return float(m.group(1)) if m else None
 
     def test_commands(self):
-        out = opsock(self.sock, "show info")
+        out = harness.unix_command(self.sock, "show info", errors="strict")
         for field in ("Name: cedra-spoa", "Version:", "Pid: %d" % self.agent.pid, "Uptime_sec:",
                       "Threads: 2", "Valkey: none", "Locales: fr(default),nl,en"):
             self.assertIn(field, out)
@@ -45,47 +43,39 @@ class SpoaSocketTest(HaproxyCase):
         # Traffic moves the counters of show stat, both forms.
         for path in ("/fr/x", "/nl/y", "/x"):
             raw_request(self.hap.port, "GET", path, {})
-        csv = opsock(self.sock, "show stat")
+        csv = harness.unix_command(self.sock, "show stat", errors="strict")
         self.assertTrue(csv.startswith("# decision,cache,requests\n"), csv)
         rows = dict((r.rsplit(",", 1)[0], int(r.rsplit(",", 1)[1])) for r in csv.strip().splitlines()[1:])
         self.assertGreaterEqual(rows["pass,BYPASS"], 2)
         self.assertGreaterEqual(rows["redirect,BYPASS"], 1)
-        js = opsock(self.sock, "show stat json")
+        js = harness.unix_command(self.sock, "show stat json", errors="strict")
         self.assertIn('"decision":"redirect","cache":"BYPASS"', js)
-        self.assertIn("error", opsock(self.sock, "show stat xml"))
-        self.assertIn("# pool,key_prefix", opsock(self.sock, "show pools"))
+        self.assertIn("error", harness.unix_command(self.sock, "show stat xml", errors="strict"))
+        self.assertIn("# pool,key_prefix", harness.unix_command(self.sock, "show pools", errors="strict"))
         # ; separates commands, each answer ends with an empty line.
-        both = opsock(self.sock, "show info; show pools")
+        both = harness.unix_command(self.sock, "show info; show pools", errors="strict")
         self.assertIn("Name: cedra-spoa", both)
         self.assertIn("# pool,key_prefix", both)
         # set log-level takes effect at once.
-        self.assertEqual(opsock(self.sock, "set log-level debug"), "\n")
-        self.assertIn("Log_level: debug", opsock(self.sock, "show info"))
-        self.assertIn("error", opsock(self.sock, "set log-level loud"))
-        self.assertIn("error", opsock(self.sock, "show cache"))  # no Valkey, no cache
+        self.assertEqual(harness.unix_command(self.sock, "set log-level debug", errors="strict"), "\n")
+        self.assertIn("Log_level: debug", harness.unix_command(self.sock, "show info", errors="strict"))
+        self.assertIn("error", harness.unix_command(self.sock, "set log-level loud", errors="strict"))
+        # no Valkey, no cache
+        self.assertIn("error", harness.unix_command(self.sock, "show cache", errors="strict"))
         # help lists every command; unknown commands get a one-line error.
-        helptext = opsock(self.sock, "help")
+        helptext = harness.unix_command(self.sock, "help", errors="strict")
         for cmd in ("show info", "show stat", "show pools", "set pool", "set log-level", "show cache",
                     "purge key", "purge prefix", "purge all", "show metrics", "prompt", "quit"):
             self.assertIn(cmd, helptext)
-        err = opsock(self.sock, "frobnicate")
+        err = harness.unix_command(self.sock, "frobnicate", errors="strict")
         self.assertTrue(err.startswith("Unknown command") or "help" in err, err)
         # Interactive mode.
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5 * SF)
-        s.connect(self.sock)
-        s.sendall(b"prompt\nshow pools\nquit\n")
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-        s.close()
+        data = harness.unix_command(self.sock, "prompt\nshow pools\nquit", text=False)
         self.assertIn(b"> ", data)
         self.assertIn(b"# pool,key_prefix", data)
         # show metrics over the socket is the same exposition as /metrics.
-        self.assertIn("cedra_spoa_requests_total", opsock(self.sock, "show metrics"))
+        self.assertIn("cedra_spoa_requests_total",
+                      harness.unix_command(self.sock, "show metrics", errors="strict"))
 
     def test_socket_is_0600_and_refuses_other_users(self):
         st = os.stat(self.sock)

@@ -14,16 +14,14 @@ import time
 import unittest
 
 import harness
-from test_edge_canary import (AGENT_CONF, SVC, ConsulDouble, agent_bin, haproxy_dir, request,
-                              slot_ports, unix_command)
+from test_edge_canary import AGENT_CONF, SVC, ConsulDouble, haproxy_dir, request
 
 
 class StateFileTest(harness.IntegrationTestCase):
     def setUp(self):
         super().setUp()
         harness.require_tool(harness.haproxy_bin())
-        if not os.access(agent_bin(), os.X_OK):
-            self.skipTest("cedra-agent not built (%s)" % agent_bin())
+        harness.require_agent()
         env = self.env
         self.origin = {}
         for name in ("s1", "s2", "c1", "backup"):
@@ -61,9 +59,9 @@ class StateFileTest(harness.IntegrationTestCase):
         conf = env.write("cedra-agent.conf", AGENT_CONF % {
             "consul": self.double.addr, "hsock": self.hap.sock, "ssock": self.spoa_sock,
             "asock": self.agent_sock, "weight": 30} + "server-state-file %s\n" % self.state)
-        out = subprocess.run([agent_bin(), "-c", "-f", conf], capture_output=True, timeout=10)
+        out = subprocess.run([harness.agent_bin(), "-c", "-f", conf], capture_output=True, timeout=10)
         self.assertEqual(out.returncode, 0, out)
-        self.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [agent_bin(), "-f", conf])
+        self.agent = env.spawn("cedra-agent", harness.agent_wrapper() + [harness.agent_bin(), "-f", conf])
         env.wait_ready(self.agent, lambda: os.path.exists(self.agent_sock), 10, "operator socket")
 
     def inst(self, name, canary=False):
@@ -82,8 +80,8 @@ class StateFileTest(harness.IntegrationTestCase):
     def test_haproxy_restart_keeps_pools(self):
         stable = sorted([self.origin["s1"].port, self.origin["s2"].port])
         self.double.set_service(SVC, [self.inst("s1"), self.inst("s2"), self.inst("c1", canary=True)])
-        harness.wait_until(lambda: slot_ports(self.hap.sock, "storefront_stable") == stable and
-                           slot_ports(self.hap.sock, "storefront_canary") == [self.origin["c1"].port],
+        harness.wait_until(lambda: harness.slot_ports(self.hap.sock, "storefront_stable") == stable and
+                           harness.slot_ports(self.hap.sock, "storefront_canary") == [self.origin["c1"].port],
                            10 * harness.slow_factor(), what="slots filled by the agent")
 
         def file_has_slots():
@@ -100,11 +98,11 @@ class StateFileTest(harness.IntegrationTestCase):
         self.assertFalse(os.path.exists(self.state + ".tmp"))
 
         # The agent can no longer touch HAProxy: the file alone must do it.
-        self.assertEqual(unix_command(self.agent_sock, "pause"), "\n")
+        self.assertEqual(harness.unix_command(self.agent_sock, "pause"), "\n")
         self.restart_haproxy(with_state=True)
         t0 = time.monotonic()
-        self.assertEqual(slot_ports(self.hap.sock, "storefront_stable"), stable)
-        self.assertEqual(slot_ports(self.hap.sock, "storefront_canary"), [self.origin["c1"].port])
+        self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_stable"), stable)
+        self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_canary"), [self.origin["c1"].port])
         seen = set()
         while len(seen) < 2 and time.monotonic() - t0 < 5 * harness.slow_factor():
             a = request(self.hap.port, cookie="cedra_pool=stable.b1")
@@ -116,10 +114,10 @@ class StateFileTest(harness.IntegrationTestCase):
 
         # The control: without the state file, the restarted HAProxy has no slots.
         self.restart_haproxy(with_state=False)
-        self.assertEqual(slot_ports(self.hap.sock, "storefront_stable"), [])
-        self.assertEqual(slot_ports(self.hap.sock, "storefront_canary"), [])
-        self.assertEqual(unix_command(self.agent_sock, "resume"), "\n")
-        harness.wait_until(lambda: slot_ports(self.hap.sock, "storefront_stable") == stable,
+        self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_stable"), [])
+        self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_canary"), [])
+        self.assertEqual(harness.unix_command(self.agent_sock, "resume"), "\n")
+        harness.wait_until(lambda: harness.slot_ports(self.hap.sock, "storefront_stable") == stable,
                            10 * harness.slow_factor(), what="the agent refills after resume")
 
 
