@@ -17,7 +17,7 @@ The slow-Valkey test adds its own node (cedra-spoa -> an in-process TCP proxy
 that delays redis' replies -> redis).
 Each cedra-spoa: threads 2, valkey, valkey-timeout 80ms, pool stable
 key-prefix storefront: routes <table>, deliver, stats-socket, session-cookie sid.
-Both HAProxies run with CEDRA_SPOE_TIMEOUT_PROCESSING=200ms (see PROCESSING).
+Both HAProxies run with CEDRA_SPOE_TIMEOUT_PROCESSING=200ms x slow factor (see PROCESSING).
 Redis is flushed before every test (Next rewrites what it needs).
 
 Synchronisation is by bounded polls only: on Redis (Next's handler has written
@@ -65,7 +65,9 @@ BIG_TRIES_MAX = 30
 # big-page lookup fails open (x-cedra-cache ERROR) now and then, and most of
 # the time when several run at once (reported; test_08 tolerates fail-open
 # answers as long as every body is right and the edge does serve the page).
-PROCESSING = "200ms"
+# Scaled like valkey-timeout (80 ms x slow factor): HAProxy must not give up
+# before cedra-spoa does, or a slowed daemon turns answers into ERROR.
+PROCESSING = "%dms" % (200 * harness.slow_factor())
 # Issue 3: with Valkey stopped / frozen / slow, "every response correct
 # (origin-served)". Since issue 4, cedra-spoa keeps hot pages in memory, kept
 # exact by Valkey client-side tracking (issue 4: "no window ... beyond the
