@@ -29,6 +29,12 @@
 #      from HAProxy's own "cache", keyed by that version (set-uri + cache-use),
 #      filled once from a server: what handing HAProxy the body by cache
 #      rather than by ACK variables would buy
+#   L  a design probe, not the shipped design: no SPOE exchange at all for a
+#      hot page. The request guard an SPOE-free fast lane would need, a map
+#      lookup of the path (entry version, fresh-until, locale), the freshness
+#      check, then the body from HAProxy's cache keyed by the version: what
+#      skipping the agent for hot pages would buy (the map is a static file
+#      here; keeping it exact is the part the probe does not do)
 #   S  A's static return behind the shipped SPOE filter and message, with
 #      "bench/fake_spoa.py --minimal" answering one variable: the SPOE exchange
 #      alone, the ceiling of B/A and B/D for any agent on this HAProxy
@@ -51,11 +57,11 @@
 #   CEDRA_BENCH_ORIGIN       1: set up (setup.sh v16, may build for minutes)
 #                            and run E; 0: never; unset: run E if the v16
 #                            fixture is already built
-#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHKS]
+#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHKLS]
 #   CEDRA_BENCH_KEEP=1       keep the temporary directory (logs, raw outputs)
 #   CEDRA_SPOA               cedra-spoa binary       [build/spoa/cedra-spoa]
-# Total time without E: ~20 s of setup and checks, then (6 wrk variants + F) x
-# rounds x duration + warm-ups: ~2.8 min with the defaults.
+# Total time without E: ~20 s of setup and checks, then (9 wrk variants + F) x
+# rounds x duration + warm-ups: ~3.8 min with the defaults.
 
 # pid_<name> variables are assigned by start() through eval.
 # shellcheck disable=SC2154
@@ -72,7 +78,7 @@ wrk_t=${CEDRA_BENCH_WRK_THREADS:-2}
 conns=${CEDRA_BENCH_CONNECTIONS:-50}
 nbthread=${CEDRA_BENCH_NBTHREAD:-2}
 spoa_threads=${CEDRA_BENCH_SPOA_THREADS:-2}
-variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHKS}
+variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHKLS}
 origin_mode=${CEDRA_BENCH_ORIGIN:-auto}
 path=/fr/products/chair
 fixture=$repo/tests/fixtures/storefront
@@ -122,7 +128,7 @@ wait_port() { # NAME PORT [SECONDS]
 }
 
 read -r p_redis p_stub p_spoa p_deliver p_a p_b p_c p_d p_oredis p_next p_fake p_g p_spoa0 p_deliver0 p_h \
-    p_fake_s p_s p_fake_k p_k p_fill < <("${util[@]}" ports 20)
+    p_fake_s p_s p_fake_k p_k p_fill p_l p_lfill < <("${util[@]}" ports 22)
 [[ $variants == *G* && $variants != *B* ]] && variants=${variants//G/}   # G replays B's agent
 # H: cedra-spoa with its L1 off, if it has one.
 printf 'listen 127.0.0.1:%s\nl1-size 0\n' "$p_spoa0" >"$tmp/l1-probe.conf"
@@ -215,6 +221,8 @@ if has K; then
     start hap_k env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_k" CEDRA_SPOA_ADDR="127.0.0.1:$p_fake_k" \
         CEDRA_FILL_ADDR="127.0.0.1:$p_fill" CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$tmp/spoe_cache.cfg"
 fi
+has L && start hap_l env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_l" CEDRA_FILL_ADDR="127.0.0.1:$p_lfill" \
+    haproxy -db -f "$tmp/lane.cfg"
 has A && start hap_a env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_a" haproxy -db -f "$tmp/static.cfg"
 lua_env=(CEDRA_LUA_SCRIPT="$here/lua/cedra_edge.lua" CEDRA_LUA_VALKEY="127.0.0.1:$p_redis"
          CEDRA_LUA_KEY_PREFIX=storefront: CEDRA_LUA_ROUTES="$repo/tests/fixtures/isr/v16/routes.table"
@@ -225,9 +233,9 @@ has C && start hap_c env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=0 CE
 has D && start hap_d env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=1 CEDRA_HTTP_BIND="127.0.0.1:$p_d" \
     haproxy -db -f "$here/lua/haproxy-lua.cfg"
 
-declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k)
+declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l)
 wait_port stub "$p_stub"
-for v in A B C D G H S K; do
+for v in A B C D G H S K L; do
     if has $v; then wait_port "hap_${v,,}" "${port[$v]}"; fi
 done
 
@@ -255,7 +263,7 @@ else
 fi
 
 # ---- check what each variant answers before measuring ---------------------------
-for v in A B C D G H S K; do
+for v in A B C D G H S K L; do
     has $v && "${util[@]}" verify "$v" "${port[$v]}" "$tmp" 200 >&2
 done
 
@@ -267,6 +275,7 @@ has C && procs[C]="haproxy=$pid_hap_c valkey=$pid_redis"
 has D && procs[D]="haproxy=$pid_hap_d valkey=$pid_redis"
 has G && procs[G]="haproxy=$pid_hap_g fake-agent=$pid_fake"
 has K && procs[K]="haproxy=$pid_hap_k fake-agent=$pid_fake_k"
+has L && procs[L]="haproxy=$pid_hap_l"
 has S && procs[S]="haproxy=$pid_hap_s fake-agent=$pid_fake_s"
 has H && procs[H]="haproxy=$pid_hap_h cedra-spoa=$pid_spoa0 valkey=$pid_redis"
 has E && procs[E]="next=$pid_next valkey=$pid_oredis"
@@ -280,7 +289,7 @@ run_rb() { # OUTFILE
 }
 
 log "warm-up: ${warm}s per variant"
-for v in A B C D E G H S K; do
+for v in A B C D E G H S K L; do
     has $v && run_wrk $v "$warm" "$tmp/warm.$v"
 done
 if has F; then
@@ -291,7 +300,7 @@ if has F; then
 fi
 
 order=""
-for v in A B C D E F G H S K; do has $v && order+=$v; done
+for v in A B C D E F G H S K L; do has $v && order+=$v; done
 spoa_before="" spoa0_before=""
 has B && spoa_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa.sock")
 has H && spoa0_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")

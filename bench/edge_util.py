@@ -182,6 +182,64 @@ def seed(rport, out):
                   spoe_conf, vary, os.path.join(out, "body.html"), hdrs) + spoa_backend)
     with open(os.path.join(out, "spoe_cache.cfg"), "w") as f:
         f.write(cfg_k)
+    # Variant L (a design probe, not what haproxy/ ships): no SPOE exchange
+    # for a hot page. The request guard a fast lane would need (GET, no query,
+    # none of the headers that change Next's answer, no session/preview/pool
+    # cookie, one Cookie line at most, agent up), then a map lookup of the path
+    # (entry version, fresh-until in epoch seconds, locale: what cedra-spoa
+    # would publish and withdraw over the Runtime API), the freshness check
+    # against "date", and the body from HAProxy's cache keyed by the version.
+    # The map here is a file written once: nothing withdraws an entry, which
+    # is exactly what the real design would have to do, exactly and in time.
+    with open(os.path.join(out, "lane.map"), "w") as f:
+        f.write("/fr/products/chair v1 %d fr\n" % (int(time.time()) + 86400))
+    cfg_l = ("# variant L of bench/edge.sh: SPOE-free fast lane probe (edge_util.py seed)\n" +
+             head +
+             ("cache edge\n"
+              "    total-max-size 64\n"
+              "    max-object-size 1000000\n"
+              "    max-age 86400\n\n"
+              "frontend fe_http\n"
+              "    bind \"${CEDRA_HTTP_BIND}\"\n"
+              "    filter cache edge\n"
+              "    acl lane_shape method GET\n"
+              "    acl lane_no query -m found\n"
+              "    acl lane_no req.hdr_cnt(rsc) gt 0\n"
+              "    acl lane_no req.hdr_cnt(next-router-prefetch) gt 0\n"
+              "    acl lane_no req.hdr_cnt(next-router-state-tree) gt 0\n"
+              "    acl lane_no req.hdr_cnt(next-router-segment-prefetch) gt 0\n"
+              "    acl lane_no req.hdr_cnt(next-url) gt 0\n"
+              "    acl lane_no req.hdr_cnt(x-now-route-matches) gt 0\n"
+              "    acl lane_no req.hdr_cnt(if-none-match) gt 0\n"
+              "    acl lane_no req.hdr_cnt(if-modified-since) gt 0\n"
+              "    acl lane_no req.hdr_cnt(authorization) gt 0\n"
+              "    acl lane_no req.hdr_cnt(cache-control) gt 0\n"
+              "    acl lane_no req.fhdr_cnt(cookie) gt 1\n"
+              "    acl lane_no req.fhdr(cookie) -m sub sid __prerender_bypass __next_preview_data cedra_pool\n"
+              "    acl lane_up srv_is_up(be_fill/fill)\n"
+              "    http-request set-var(txn.lane) path,map(%s) if lane_shape !lane_no lane_up\n"
+              "    http-request set-var(txn.now) date\n"
+              "    http-request set-var(txn.exp) var(txn.lane),field(2,' ') if { var(txn.lane) -m found }\n"
+              "    acl lane_fresh var(txn.exp),sub(txn.now) gt 0\n"
+              "    http-request return status 503 content-type text/plain string \"not in the lane\" if !lane_fresh\n"
+              "    http-request set-var(txn.cedra.locale) var(txn.lane),field(3,' ')\n"
+              "    http-request set-uri \"/.cedra/%%[var(txn.lane),field(1,' ')]%%[path]\"\n"
+              "    http-request cache-use edge\n"
+              "    use_backend be_fill\n"
+              "    http-after-response set-header vary \"%s\"\n"
+              "    http-after-response del-header age\n"
+              "    http-after-response set-header x-cedra-cache HIT\n"
+              "    http-after-response set-header x-cedra-locale \"%%[var(txn.cedra.locale)]\"\n\n"
+              "backend be_fill\n"
+              "    http-response del-header vary\n"
+              "    http-response cache-store edge\n"
+              "    server fill \"${CEDRA_FILL_ADDR}\" check inter 500ms\n\n"
+              "frontend fill\n"
+              "    bind \"${CEDRA_FILL_ADDR}\"\n"
+              "    http-request return status 200 content-type \"text/html; charset=utf-8\" file %s %s\n") % (
+                  os.path.join(out, "lane.map"), vary, os.path.join(out, "body.html"), hdrs))
+    with open(os.path.join(out, "lane.cfg"), "w") as f:
+        f.write(cfg_l)
     print("seeded %s (%d bytes of JSON, %d bytes of HTML, revalidate %d s)" % (
         PREFIX + ROUTE_KEY, len(raw), len(body), REVALIDATE))
 
@@ -369,6 +427,7 @@ NAMES = {
     "G": "HAProxy (shipped cfg) + do-nothing agent replaying B's ACK",
     "S": "A behind the shipped SPOE filter, 1-variable ACK (floor)",
     "K": "SPOE (4-variable ACK) + HAProxy cache keyed by version",
+    "L": "no SPOE: guard + map lookup + HAProxy cache (probe)",
 }
 
 
@@ -401,7 +460,7 @@ def report(d, title):
         print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
     print()
     print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
-    for v in "ABHCDEGSK":
+    for v in "ABHCDEGSKL":
         rs = wrk.get(v)
         if not rs:
             continue
@@ -430,6 +489,9 @@ def report(d, title):
             ("S/D", "S", "D", "SPOE exchange alone: ceiling of B/D"),
             ("K/A", "K", "A", "design probe: bodies in HAProxy's cache"),
             ("K/D", "K", "D", "design probe: bodies in HAProxy's cache"),
+            ("L/A", "L", "A", "design probe: SPOE-free fast lane"),
+            ("L/D", "L", "D", "design probe: SPOE-free fast lane"),
+            ("L/C", "L", "C", "design probe: SPOE-free fast lane"),
             ("D/A", "D", "A", "Lua cache vs static"), ("C/A", "C", "A", "Lua lookup vs static")]:
         if x in med and y in med and med[y] > 0:
             r = med[x] / med[y]
@@ -442,7 +504,7 @@ def report(d, title):
         print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
         print("sent, all rounds; wrk's own CPU not included):")
         cost = {}
-        for v in "ABHCDEGSK":
+        for v in "ABHCDEGSKL":
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
@@ -458,7 +520,9 @@ def report(d, title):
                                    ("S/A", "S", "A", "ceiling of B/A with SPOE"),
                                    ("S/D", "S", "D", "ceiling of B/D with SPOE"),
                                    ("K/A", "K", "A", "design probe"),
-                                   ("K/D", "K", "D", "design probe")]:
+                                   ("K/D", "K", "D", "design probe"),
+                                   ("L/A", "L", "A", "design probe"),
+                                   ("L/D", "L", "D", "design probe")]:
             if x in cost and y in cost and cost[x] > 0:
                 print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
     print()
