@@ -1,9 +1,9 @@
-/* agent/hapi.c: strict parsers on answers captured from HAProxy 2.6.12, the
- * client against a fake stats socket (order, timeouts, bounds, aborts), and
- * the whole reconcile path against a REAL haproxy started by this test:
- * two backends of 4 server-template slots, two origins served by another
- * haproxy, HTTP traffic checked through the front, drain under load,
- * promotion, a bad answer, restart and reload detection.
+/* agent/hapi.c: strict parsers on answers captured from HAProxy 2.6.12;
+ * lib/hapi_client.c: the client against a fake stats socket (order,
+ * timeouts, bounds, aborts); both: the whole reconcile path against a REAL
+ * haproxy started by this test: two backends of 4 server-template slots, two
+ * origins served by another haproxy, HTTP traffic checked through the front,
+ * drain under load, promotion, a bad answer, restart and reload detection.
  *
  * Processes are started with fork/exec in master-worker mode (-Ws) and
  * NOTIFY_SOCKET pointing at a datagram socket of ours: "READY=1" says the
