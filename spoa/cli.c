@@ -7,6 +7,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "l1.h"
+#include "lane.h"
 #include "log.h"
 #include "opcmd.h"
 #include "opsock.h"
@@ -38,6 +39,24 @@ static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
     }
     if (st->tracking_up)
         opsock_printf(out, "Valkey_tracking: %s\n", st->tracking_up(st->ud) ? "up" : "down");
+    if (st->lane) {
+        struct lane_stats ls;
+
+        lane_get_stats(st->lane, &ls);
+        opsock_printf(out,
+                      "Lane: %s\nLane_health: %s\nLane_entries: %llu\nLane_grace_entries: %llu\n"
+                      "Lane_published: %llu\nLane_withdrawn: %llu\nLane_resets: %llu\n"
+                      "Lane_refused: %llu\nLane_fills: %llu\nLane_grace_fills: %llu\n"
+                      "Lane_unknown_fills: %llu\nLane_commands: %llu\nLane_failures: %llu\n"
+                      "Lane_setups: %llu\n",
+                      ls.up ? "up" : "down", lane_up(st->lane) ? "up" : "down",
+                      (unsigned long long)ls.entries, (unsigned long long)ls.grace_entries,
+                      (unsigned long long)ls.published, (unsigned long long)ls.withdrawn,
+                      (unsigned long long)ls.resets, (unsigned long long)ls.refused,
+                      (unsigned long long)ls.fills, (unsigned long long)ls.grace_fills,
+                      (unsigned long long)ls.unknown_fills, (unsigned long long)ls.commands,
+                      (unsigned long long)ls.failures, (unsigned long long)ls.setups);
+    }
     opsock_printf(out, "Locales: ");
     for (unsigned i = 0; i < c->locales.n; i++)
         opsock_printf(out, "%s%s%s", i ? "," : "", c->locales.name[i],

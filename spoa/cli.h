@@ -10,6 +10,7 @@ struct spoa_conf;
 struct spoa_stats;
 struct deliver;
 struct l1;
+struct lane;
 
 /* What the commands read and act on; owned by main.c. */
 struct cli_state {
@@ -20,6 +21,7 @@ struct cli_state {
     struct spoa_stats *stats;
     struct deliver *deliver; /* may be NULL */
     struct l1 *l1;           /* may be NULL */
+    struct lane *lane;       /* may be NULL */
     /* Publishes a new configuration to the workers (set pool ...). */
     void (*publish)(void *ud, struct spoa_conf *c);
     bool (*tracking_up)(void *ud); /* NULL without an in-process cache */

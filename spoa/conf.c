@@ -96,6 +96,8 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->l1_size = 256u << 20; /* a shard takes entries up to a quarter of its 16 MiB: 4 MiB pages */
     c->isr = (struct isr_conf)ISR_CONF_DEFAULT;
     c->lock_ms = 10000;
+    c->lane_grace = 5.0;
+    c->lane_max_entries = 10000;
     c->stats_mode = 0600;
     c->stats_maxconn = 32;
     str_copy(c->lock_prefix, "cedra:revalidate:", sizeof(c->lock_prefix));
@@ -503,6 +505,31 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         str_copy(c->lock_prefix, l->argv[1], sizeof(c->lock_prefix));
         return 0;
     }
+    if (!strcmp(kw, "lane-socket") || !strcmp(kw, "lane-map") || !strcmp(kw, "lane-cookies")) {
+        char *dst = kw[5] == 's' ? c->lane_socket : kw[5] == 'm' ? c->lane_map : c->lane_cookies;
+        size_t cap = kw[5] == 's' ? sizeof(c->lane_socket) : sizeof(c->lane_map);
+
+        if (cfg_want_args(l, 1, err, errlen) < 0 || !l->argv[1][0] || strlen(l->argv[1]) >= cap ||
+            strpbrk(l->argv[1], " \t;\\"))
+            goto bad;
+        str_copy(dst, l->argv[1], cap);
+        return 0;
+    }
+    if (!strcmp(kw, "lane-grace")) {
+        double d;
+
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_duration(l->argv[1], &d) < 0 || d <= 0 ||
+            d > 300)
+            goto bad;
+        c->lane_grace = d;
+        return 0;
+    }
+    if (!strcmp(kw, "lane-max-entries")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 1000000, &v) < 0)
+            goto bad;
+        c->lane_max_entries = (unsigned)v;
+        return 0;
+    }
     if (!strcmp(kw, "session-cookie")) {
         if (l->argc < 2 || l->argc - 1 > SPOA_MAX_SESSION_COOKIES)
             goto bad;
@@ -549,6 +576,17 @@ static int finish(struct spoa_conf *c, char *err, size_t errlen)
     }
     if (privs_finish(&c->privs, err, errlen) < 0)
         return -1;
+    if ((c->lane_socket[0] || c->lane_map[0] || c->lane_cookies[0]) &&
+        !(c->lane_socket[0] && c->lane_map[0] && c->lane_cookies[0])) {
+        snprintf(err, errlen, "the fast lane needs all of lane-socket, lane-map and lane-cookies");
+        return -1;
+    }
+    if (c->lane_socket[0] && (!c->has_deliver || !c->l1_size)) {
+        snprintf(err, errlen,
+                 "the fast lane needs 'deliver' (it fills HAProxy's cache) and the "
+                 "in-process cache ('l1-size' above 0)");
+        return -1;
+    }
     if (c->valkey_addr[0] && c->npools == 0) {
         snprintf(err, errlen, "'valkey' is set but no 'pool stable ...' says which keys to read");
         return -1;

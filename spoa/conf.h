@@ -82,6 +82,18 @@ struct spoa_conf {
     struct endpoint deliver;
     unsigned nsession; /* cookies that make a request private */
     char session_cookie[SPOA_MAX_SESSION_COOKIES][64];
+
+    /* Fast lane (docs/fast-lane.md), fixed at start-up: on when lane_socket
+     * and lane_map are set. */
+    char lane_socket[108];  /* HAProxy's Runtime API */
+    char lane_map[256];     /* the map's file name as HAProxy knows it */
+    char lane_cookies[256]; /* the cookie pattern file, likewise */
+    double lane_grace;
+    unsigned lane_max_entries;
+
+    /* Set by the main thread when it publishes this configuration: answers
+     * decided under an older one are not published to the lane. */
+    uint64_t gen;
 };
 
 /* A new configuration with the defaults and one reference. */

@@ -1,6 +1,7 @@
 #include "deliver.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -37,6 +38,7 @@ struct deliver {
     unsigned count;
     unsigned max_parked;
     double ttl;
+    struct lane *lane;
     struct deliver_stats st;
 };
 
@@ -199,6 +201,70 @@ static enum MHD_Result simple(struct MHD_Connection *conn, unsigned status, cons
     return rc;
 }
 
+static void release_ref_cb(void *cls)
+{
+    l1_release(cls);
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* HAProxy's health check of the lane, and its cache fills:
+ * GET /.cedra/lane/<16 hex digits: entry id><path>. */
+static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *conn, const char *url)
+{
+    const char *p = url + strlen(LANE_FILL_PREFIX);
+    struct isr_conf isr;
+    struct isr_headers hs;
+    struct MHD_Response *r;
+    const struct isr_entry *e;
+    struct l1_ref *ref;
+    enum MHD_Result rc;
+    uint64_t id = 0;
+    bool grace;
+
+    if (strcmp(url, LANE_HEALTH_PATH) == 0)
+        return d->lane && lane_up(d->lane) ? simple(conn, MHD_HTTP_OK, "up\n")
+                                           : simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "down\n");
+    if (!d->lane)
+        return simple(conn, MHD_HTTP_NOT_FOUND, "no lane\n");
+    for (int i = 0; i < 16; i++) {
+        int v = hexval(p[i]);
+
+        if (v < 0)
+            return simple(conn, MHD_HTTP_NOT_FOUND, "bad lane id\n");
+        id = id << 4 | (uint64_t)v;
+    }
+    p += 16;
+    if (*p != '/')
+        return simple(conn, MHD_HTTP_NOT_FOUND, "bad lane path\n");
+    ref = lane_fill(d->lane, id, p, strlen(p), &isr, &grace);
+    if (!ref) {
+        /* HAProxy read a map entry we no longer know: only possible once the
+         * lane has failed, and its health check closes it. */
+        log_warning("lane_unknown_fill", "id=%016" PRIx64, id);
+        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page gone, retry\n");
+    }
+    e = l1_ref_entry(ref);
+    if (isr_variant_headers(e, ISR_HTML, ISR_FRESH, false, &isr, &hs) < 0) {
+        l1_release(ref);
+        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
+    }
+    r = MHD_create_response_from_buffer_with_free_callback_cls(e->body_len, (void *)e->body,
+                                                               release_ref_cb, ref);
+    if (!r) {
+        l1_release(ref);
+        return MHD_NO;
+    }
+    for (size_t i = 0; i < hs.n; i++)
+        MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
+    rc = MHD_queue_response(conn, (unsigned)e->status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
@@ -213,6 +279,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return simple(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    if (strncmp(url, LANE_FILL_PREFIX, strlen(LANE_FILL_PREFIX)) == 0)
+        return lane_request(d, conn, url);
     token = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, DELIVER_HEADER);
     if (!token)
         return simple(conn, MHD_HTTP_NOT_FOUND, "no token\n");
@@ -249,6 +317,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return rc;
 }
 
+/* The lane's fill URLs carry the raw path, as HAProxy's map has it: the
+ * tokens come in a header, so nothing here needs MHD's unescaping. */
+static size_t unescape_none(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    return strlen(s);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -276,6 +353,7 @@ struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t e
     }
     d->max_parked = cfg->max_parked ? cfg->max_parked : DEF_MAX_PARKED;
     d->ttl = cfg->ttl > 0 ? cfg->ttl : DEF_TTL;
+    d->lane = cfg->lane;
     for (d->cap = 16; d->cap < d->max_parked * 2; d->cap *= 2)
         ;
     d->slot = calloc(d->cap, sizeof(*d->slot));
@@ -295,9 +373,10 @@ struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t e
     d->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, d, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads ? cfg->threads : DEF_THREADS),
-        MHD_OPTION_CONNECTION_LIMIT, 4096u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), MHD_OPTION_END);
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape_none, NULL, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)(cfg->threads ? cfg->threads : DEF_THREADS), MHD_OPTION_CONNECTION_LIMIT, 4096u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
+        MHD_OPTION_END);
     if (!d->daemon) {
         snprintf(err, errlen, "cannot start the delivery server on %s", cfg->listen->text);
         close(fd);

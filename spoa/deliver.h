@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "isr.h"
+#include "lane.h"
 #include "util.h"
 
 #define DELIVER_TOKEN_SIZE 33 /* 32 hex digits + NUL */
@@ -23,6 +24,9 @@ struct deliver_cfg {
     unsigned max_parked;           /* entries waiting for HAProxy; 0 = 1024 */
     double ttl;                    /* seconds a parked entry waits; 0 = 10 */
     int fd; /* > 0: listen already bound (before a privilege drop), owned from here on */
+    /* The fast lane, or NULL: then its health check answers 503 (the lane
+     * stays closed) and its fills 404. Outlives the server. */
+    struct lane *lane;
 };
 
 struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t errlen);

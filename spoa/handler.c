@@ -14,6 +14,7 @@
 #include "deliver.h"
 #include "isr.h"
 #include "l1.h"
+#include "lane.h"
 #include "locale.h"
 #include "log.h"
 #include "lookup.h"
@@ -64,7 +65,8 @@ struct handler {
     struct ev_loop *loop;
     unsigned id;
     struct deliver *deliver;
-    struct l1 *l1; /* shared in-process page cache, may be NULL */
+    struct l1 *l1;     /* shared in-process page cache, may be NULL */
+    struct lane *lane; /* shared fast lane, may be NULL */
     struct spoa_stats *stats;
     struct valkey *valkey;
     uint8_t *scratch; /* the ACK's actions */
@@ -130,6 +132,10 @@ struct pending {
     size_t prefixlen;
     uint64_t epoch;   /* of the in-process cache when the lookup started */
     struct held held; /* the page, once known */
+    /* The raw path, kept when an edge hit may be published to the fast lane
+     * (the NOTIFY's bytes are gone by the time Valkey answers). */
+    char lane_path[LANE_PATH_MAX];
+    size_t lane_path_len;
     /* HAProxy must have its answer within valkey-timeout; the lookup itself
      * may run on (a big page takes longer to read and parse) to fill the
      * in-process cache for the next requests. */
@@ -648,6 +654,43 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
     put_pass(w, h, CACHE_MISS);
 }
 
+/* The last second in which the entry is still fresh for isr_state(), in
+ * epoch seconds, as HAProxy's "date" compares it: the lane answers while date
+ * is below it, so it stops no later than Next would call the page stale. */
+static int64_t fresh_until(const struct isr_entry *e, const struct isr_conf *conf)
+{
+    int64_t last = e->lifespan.expire_at > INT64_MAX / 1000 - 1
+                       ? INT64_MAX
+                       : e->lifespan.expire_at * 1000 + 999;
+
+    if (e->lifespan.revalidate > 0) {
+        if (conf->expire > 0 && conf->expire <= (INT64_MAX - e->last_modified) / 1000 &&
+            e->last_modified + conf->expire * 1000 < last)
+            last = e->last_modified + conf->expire * 1000;
+        if (e->last_modified + e->lifespan.revalidate * 1000 < last)
+            last = e->last_modified + e->lifespan.revalidate * 1000;
+    }
+    return last < 0 ? 0 : last / 1000;
+}
+
+/* An edge HIT that every request HAProxy's lane guard lets through would get
+ * too (docs/fast-lane.md): the HTML page of a fresh 200 entry held by the
+ * in-process cache, for the only pool there is, nobody pinned. The guard
+ * sees to the rest (method, query, headers, cookies). */
+static void lane_offer(struct handler *h, const struct pending *p, const struct held *hd,
+                       enum isr_state state, bool nm)
+{
+    const struct isr_entry *e = hd->e;
+    const struct spoa_conf *c = p->conf;
+
+    if (!h->lane || !p->lane_path_len || p->variant != ISR_HTML || state != ISR_FRESH || nm ||
+        !hd->ref || e->status != 200 || c->npools != 1 || p->who.pool != 0 || p->who.pin ||
+        p->who.locale < 0)
+        return;
+    lane_publish(h->lane, hd->ref, p->lane_path, p->lane_path_len, fresh_until(e, &c->isr),
+                 c->locales.name[p->who.locale], &c->isr, c->gen);
+}
+
 /* Answers a servable page: from the edge (ACK variables), through the local
  * delivery path when too big for one ACK, else to the origin. */
 static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
@@ -667,6 +710,7 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
         metrics_counter_inc(h->stats->requests[DEC_EDGE][c]);
         if (nm)
             metrics_counter_inc(h->stats->not_modified);
+        lane_offer(h, p, hd, state, nm);
         return;
     }
     wbuf_for(h, p->req, w);
@@ -676,8 +720,10 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
         struct deliver_item it = {
             .entry = e, .variant = ISR_HTML, .body = e->body, .body_len = e->body_len};
 
-        if (put_deliver(h, p, w, hd, &it, state, nm, c))
+        if (put_deliver(h, p, w, hd, &it, state, nm, c)) {
+            lane_offer(h, p, hd, state, nm);
             return;
+        }
     }
     /* Not reproducible here (unknown header, odd status...): the origin serves it. */
     log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);
@@ -849,6 +895,11 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->who = *who;
     p->t0 = now_mono();
     p->variant = variant;
+    /* Only GET without a query string: what the lane guard lets through. */
+    if (h->lane && str_is(rq->method, "GET") && !rq->query.p && rq->path.len <= LANE_PATH_MAX) {
+        memcpy(p->lane_path, rq->path.p, rq->path.len);
+        p->lane_path_len = rq->path.len;
+    }
     if (variant == ISR_SEGMENT) {
         if (rq->segment_value.len) /* .p may be NULL when empty */
             memcpy(p->segment, rq->segment_value.p, rq->segment_value.len);
@@ -921,7 +972,8 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
 }
 
 struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
-                            struct deliver *deliver, struct l1 *l1, struct spoa_stats *stats)
+                            struct deliver *deliver, struct l1 *l1, struct lane *lane,
+                            struct spoa_stats *stats)
 {
     struct handler *h = calloc(1, sizeof(*h));
     char name[32];
@@ -932,6 +984,7 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
     h->id = worker_id;
     h->deliver = deliver;
     h->l1 = l1;
+    h->lane = lane;
     h->stats = stats;
     if (getrandom(&h->rng, sizeof(h->rng), 0) != (ssize_t)sizeof(h->rng) || h->rng == 0)
         h->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)worker_id;

@@ -14,13 +14,16 @@ struct ev_loop;
 struct handler;
 struct deliver;
 struct l1;
+struct lane;
 struct spoa_stats;
 
 /* One per worker. Connects to Valkey when conf has an edge cache. deliver
  * (shared by the workers, may be NULL) serves pages too big for an ACK; l1
- * (shared, may be NULL) keeps hot pages in memory. */
+ * (shared, may be NULL) keeps hot pages in memory; lane (shared, may be NULL)
+ * is told about the edge hits HAProxy may answer without asking. */
 struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
-                            struct deliver *deliver, struct l1 *l1, struct spoa_stats *stats);
+                            struct deliver *deliver, struct l1 *l1, struct lane *lane,
+                            struct spoa_stats *stats);
 /* Pending lookups complete (passing to the origin) before this returns. */
 void handler_free(struct handler *h);
 

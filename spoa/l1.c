@@ -64,7 +64,9 @@ struct l1_ref {
     unsigned hits;
     uint8_t freq;
     uint8_t where;
-    bool cached; /* set once before it is published */
+    bool cached;       /* set once before it is published */
+    _Atomic bool gone; /* unlinked: set under the shard lock, before the drop hook runs */
+    uint64_t id;       /* unique for the process's life, never reused */
     char key[];
 };
 
@@ -109,6 +111,10 @@ struct l1 {
     _Atomic uint64_t bypassed;
     _Atomic uint64_t flushes;
     _Atomic uint64_t refused[L1_PUT_INVALID + 1];
+    _Atomic uint64_t next_id;
+
+    l1_drop_hook *drop_hook; /* set before any other thread uses the cache */
+    void *drop_ud;
 };
 
 /* ---- hashing --------------------------------------------------------------- */
@@ -283,12 +289,32 @@ bool l1_ref_cached(const struct l1_ref *r)
     return r->cached;
 }
 
-/* Frees what a grave list holds: the cache's reference of each node. */
-static void bury(struct l1_ref *grave)
+bool l1_ref_live(const struct l1_ref *r)
+{
+    return r->cached && !atomic_load(&r->gone);
+}
+
+uint64_t l1_ref_id(const struct l1_ref *r)
+{
+    return r->id;
+}
+
+void l1_set_drop_hook(struct l1 *l1, l1_drop_hook *hook, void *ud)
+{
+    l1->drop_hook = hook;
+    l1->drop_ud = ud;
+}
+
+/* Frees what a grave list holds: the cache's reference of each node. The
+ * drop hook runs here, outside every shard lock, so that it may take its own
+ * locks; each node was marked gone under its shard lock before. */
+static void bury(const struct l1 *l1, struct l1_ref *grave)
 {
     while (grave) {
         struct l1_ref *next = grave->hnext;
 
+        if (l1->drop_hook)
+            l1->drop_hook(l1->drop_ud, grave);
         l1_release(grave);
         grave = next;
     }
@@ -355,6 +381,7 @@ static void drop(struct shard *sh, struct l1_ref *n, struct l1_ref **grave)
     if (n->where == Q_SMALL)
         sh->small_bytes -= n->charge;
     n->where = Q_NONE;
+    atomic_store(&n->gone, true);
     sh->count--;
     sh->bytes -= n->charge;
     n->hnext = *grave;
@@ -450,12 +477,12 @@ static void shard_clear(struct shard *sh, struct l1_ref **grave)
         drop(sh, q_node(sh->main.next), grave);
 }
 
-static void shard_destroy(struct shard *sh)
+static void shard_destroy(const struct l1 *l1, struct shard *sh)
 {
     struct l1_ref *grave = NULL;
 
     shard_clear(sh, &grave);
-    bury(grave);
+    bury(l1, grave);
     free(sh->buckets);
     free(sh->ghost);
     pthread_mutex_destroy(&sh->mu);
@@ -504,7 +531,7 @@ struct l1 *l1_new(size_t max_bytes, unsigned nshards)
     for (unsigned i = 0; i < n; i++) {
         if (!shard_init(&l1->shards[i], max_bytes / n)) {
             while (i-- > 0)
-                shard_destroy(&l1->shards[i]);
+                shard_destroy(l1, &l1->shards[i]);
             pthread_rwlock_destroy(&l1->plock);
             free(l1->shards);
             free(l1);
@@ -519,8 +546,10 @@ void l1_free(struct l1 *l1)
 {
     if (!l1)
         return;
+    /* Whoever set the hook is going away with the cache. */
+    l1->drop_hook = NULL;
     for (unsigned i = 0; i < l1->nshards; i++)
-        shard_destroy(&l1->shards[i]);
+        shard_destroy(l1, &l1->shards[i]);
     for (size_t i = 0; i < l1->npfx; i++)
         free(l1->pfx[i].s);
     pthread_rwlock_destroy(&l1->plock);
@@ -770,6 +799,7 @@ struct l1_ref *l1_put(struct l1 *l1, const char *key, size_t keylen, size_t pref
         goto refused;
     }
     n->cached = true;
+    n->id = atomic_fetch_add(&l1->next_id, 1) + 1;
     atomic_store_explicit(&n->refs, 2, memory_order_relaxed); /* the cache's and the caller's */
     if (old) {
         /* The same page, regenerated: it keeps its standing. */
@@ -785,7 +815,7 @@ struct l1_ref *l1_put(struct l1 *l1, const char *key, size_t keylen, size_t pref
     sh->puts++;
     evict(sh, n, &grave);
     pthread_mutex_unlock(&sh->mu);
-    bury(grave);
+    bury(l1, grave);
     if (res)
         *res = L1_PUT_OK;
     return n;
@@ -813,7 +843,7 @@ size_t l1_invalidate_key(struct l1 *l1, const char *key, size_t keylen)
         sh->invalidations++;
     }
     pthread_mutex_unlock(&sh->mu);
-    bury(grave);
+    bury(l1, grave);
     return n != NULL;
 }
 
@@ -846,7 +876,7 @@ static size_t sweep(struct l1 *l1, match_fn *match, const void *arg)
             }
         }
         pthread_mutex_unlock(&sh->mu);
-        bury(grave);
+        bury(l1, grave);
     }
     return dropped;
 }

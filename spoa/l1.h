@@ -70,6 +70,12 @@ const char *l1_ref_key(const struct l1_ref *r, size_t *keylen, size_t *prefixlen
 /* True when the entry is (or was) in the cache; false for the detached
  * reference l1_put() returns when it refused the entry. */
 bool l1_ref_cached(const struct l1_ref *r);
+/* True while the entry is in the cache: false once dropped (invalidated,
+ * evicted, replaced, flushed) and for a detached reference. */
+bool l1_ref_live(const struct l1_ref *r);
+/* The entry's id, unique among the entries this cache ever held (0 for a
+ * detached reference): unlike the address, never reused. */
+uint64_t l1_ref_id(const struct l1_ref *r);
 /* One more reference to the same entry (e.g. for the delivery server). */
 struct l1_ref *l1_ref_hold(struct l1_ref *r);
 /* Drops a reference; the last one frees the entry. NULL is a no-op. */
@@ -141,6 +147,15 @@ int l1_set_prefixes(struct l1 *l1, const char *const *prefixes, size_t n);
  * re-reads its __revalidated_tags__ after a change. Unknown prefixes: no-op. */
 void l1_suspend_prefix(struct l1 *l1, const char *prefix);
 void l1_resume_prefix(struct l1 *l1, const char *prefix);
+
+/* Called once for every entry that leaves the cache, whatever the reason,
+ * from the thread that dropped it, with no cache lock held. The entry is
+ * already marked (l1_ref_live() false) when the hook runs: a thread that
+ * checks l1_ref_live() under a lock the hook also takes can never act on an
+ * entry after the hook did. Set before the workers start; l1_free() does not
+ * call it. */
+typedef void l1_drop_hook(void *ud, const struct l1_ref *r);
+void l1_set_drop_hook(struct l1 *l1, l1_drop_hook *hook, void *ud);
 
 /* ---- observation -------------------------------------------------------------- */
 

@@ -16,6 +16,7 @@
 #include "conf.h"
 #include "httpd.h"
 #include "l1.h"
+#include "lane.h"
 #include "opsock.h"
 #include "stats.h"
 #include "tracking.h"
@@ -44,6 +45,8 @@ struct daemon {
     unsigned nfds;
     struct deliver *deliver;
     struct l1 *l1;             /* in-process page cache, kept exact by tracking */
+    struct lane *lane;         /* the fast lane, kept exact through the cache's drop hook */
+    uint64_t conf_gen;         /* of the last configuration published */
     struct tracking *tracking; /* on the main loop */
     struct spoa_stats *stats;
     struct opsock *opsock;
@@ -128,6 +131,12 @@ static size_t pool_prefixes(const struct spoa_conf *c, const char **out)
 /* Hands a new configuration (its reference) to every worker. */
 static void publish(struct daemon *d, struct spoa_conf *c)
 {
+    /* Before the workers see it: what the lane holds was decided under the
+     * previous pools and settings, and publishes still on their way from
+     * the old configuration are refused from here on. */
+    c->gen = ++d->conf_gen;
+    if (d->lane)
+        lane_reset(d->lane, c->gen);
     if (d->tracking) {
         const char *pfx[SPOA_MAX_POOLS];
         size_t n = pool_prefixes(c, pfx);
@@ -246,6 +255,26 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     c->has_metrics = d->conf->has_metrics;
     c->metrics = d->conf->metrics;
     memcpy(c->stats_socket, d->conf->stats_socket, sizeof(c->stats_socket));
+    if (strcmp(c->lane_socket, d->conf->lane_socket) != 0 ||
+        strcmp(c->lane_map, d->conf->lane_map) != 0 ||
+        strcmp(c->lane_cookies, d->conf->lane_cookies) != 0 ||
+        c->lane_grace != d->conf->lane_grace || c->lane_max_entries != d->conf->lane_max_entries)
+        log_notice("reload_partial", "reason=\"the lane-* settings need a restart\"");
+    memcpy(c->lane_socket, d->conf->lane_socket, sizeof(c->lane_socket));
+    memcpy(c->lane_map, d->conf->lane_map, sizeof(c->lane_map));
+    memcpy(c->lane_cookies, d->conf->lane_cookies, sizeof(c->lane_cookies));
+    c->lane_grace = d->conf->lane_grace;
+    c->lane_max_entries = d->conf->lane_max_entries;
+    /* HAProxy's lane guard knows the session cookies from the start: a new
+     * one it does not know would let a private request onto the lane. */
+    if (d->lane &&
+        (c->nsession != d->conf->nsession ||
+         memcmp(c->session_cookie, d->conf->session_cookie, sizeof(c->session_cookie)) != 0)) {
+        log_notice("reload_partial", "reason=\"session-cookie needs a restart while the fast "
+                                     "lane is on\"");
+        c->nsession = d->conf->nsession;
+        memcpy(c->session_cookie, d->conf->session_cookie, sizeof(c->session_cookie));
+    }
     /* "No canary", as cedra-agent said it, still holds; a canary it pushed is
      * gone with the file's pools until it pushes it again. */
     c->canary_known = d->conf->canary_known && !spoa_conf_pool(d->conf, "canary");
@@ -267,6 +296,7 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .stats = d->stats,
                                 .deliver = d->deliver,
                                 .l1 = d->l1,
+                                .lane = d->lane,
                                 .publish = publish_cb,
                                 .tracking_up = d->l1 ? tracking_up_cb : NULL,
                                 .ud = d};
@@ -521,13 +551,42 @@ int main(int argc, char **argv)
             log_warning("l1_failed", "reason=\"out of memory\" size=%llu",
                         (unsigned long long)d.conf->l1_size);
     }
+    if (d.l1 && d.conf->lane_socket[0]) {
+        struct lane_cfg lc = {.socket = d.conf->lane_socket,
+                              .map = d.conf->lane_map,
+                              .cookies = d.conf->lane_cookies,
+                              .timeout = 1.0,
+                              .grace = d.conf->lane_grace,
+                              .max_lag = 0.5,
+                              .max_entries = d.conf->lane_max_entries};
+
+        /* What keeps a request off the lane, as handler.c's must_bypass()
+         * and choose_pool() read cookies. */
+        lc.patterns[lc.npatterns++] = "__prerender_bypass";
+        lc.patterns[lc.npatterns++] = "__next_preview_data";
+        lc.patterns[lc.npatterns++] = "cedra_pool";
+        for (unsigned i = 0; i < d.conf->nsession && lc.npatterns < LANE_MAX_COOKIES; i++)
+            lc.patterns[lc.npatterns++] = d.conf->session_cookie[i];
+        d.lane = lane_new(loop, &lc, err, sizeof(err));
+        if (!d.lane) {
+            log_error("lane_failed", "reason=\"%s\"", err);
+            l1_free(d.l1);
+            spoa_stats_free(d.stats);
+            goto early_exit;
+        }
+        l1_set_drop_hook(d.l1, lane_drop_hook, d.lane);
+        d.conf->gen = ++d.conf_gen;
+        lane_reset(d.lane, d.conf->gen);
+        log_info("lane_on", "socket=%s map=%s", d.conf->lane_socket, d.conf->lane_map);
+    }
     if (d.conf->has_deliver) {
-        struct deliver_cfg dc = {.listen = &d.conf->deliver, .fd = d.deliver_fd};
+        struct deliver_cfg dc = {.listen = &d.conf->deliver, .fd = d.deliver_fd, .lane = d.lane};
 
         d.deliver_fd = -1; /* deliver_start owns it, failed or not */
         d.deliver = deliver_start(&dc, err, sizeof(err));
         if (!d.deliver) {
             log_error("deliver_failed", "reason=\"%s\"", err);
+            lane_free(d.lane);
             l1_free(d.l1);
             spoa_stats_free(d.stats);
             goto early_exit;
@@ -557,7 +616,7 @@ int main(int argc, char **argv)
     }
     for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
         struct worker *w = worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten,
-                                      d.deliver, d.l1, d.stats);
+                                      d.deliver, d.l1, d.lane, d.stats);
 
         if (!w || worker_start(w) < 0) {
             log_error("worker_failed", "worker=%u error=\"%s\"", i, strerror(errno));
@@ -605,6 +664,7 @@ int main(int argc, char **argv)
     httpd_stop(d.httpd);
     tracking_free(d.tracking); /* after the workers: they read the cache it keeps exact */
     deliver_stop(d.deliver);   /* after the workers: they park pages in it */
+    lane_free(d.lane);         /* after delivery (it fills from the lane) and tracking (hook) */
     l1_free(d.l1);             /* after delivery: parked pages hold cache references */
     close_listeners(&d);
     if (d.metrics_fd >= 0)
