@@ -217,6 +217,77 @@ static void register_l1_metrics(struct metrics *m, struct l1 *l1)
                      "1 while Valkey tracking keeps the in-process cache exact.", l1_on, l1);
 }
 
+/* Scrape-time values of the fast lane (lane_get_stats is thread-safe). */
+static double lane_stat(struct lane *ln, int which)
+{
+    struct lane_stats ls;
+
+    lane_get_stats(ln, &ls);
+    switch (which) {
+    case 0:
+        return (double)ls.entries;
+    case 1:
+        return (double)ls.published;
+    case 2:
+        return (double)ls.withdrawn;
+    case 3:
+        return (double)ls.fills;
+    case 4:
+        return (double)ls.unknown_fills;
+    case 5:
+        return (double)ls.failures;
+    default:
+        return lane_up(ln);
+    }
+}
+static double lane_entries(void *ud)
+{
+    return lane_stat(ud, 0);
+}
+static double lane_published(void *ud)
+{
+    return lane_stat(ud, 1);
+}
+static double lane_withdrawn(void *ud)
+{
+    return lane_stat(ud, 2);
+}
+static double lane_fills(void *ud)
+{
+    return lane_stat(ud, 3);
+}
+static double lane_unknown_fills(void *ud)
+{
+    return lane_stat(ud, 4);
+}
+static double lane_failures(void *ud)
+{
+    return lane_stat(ud, 5);
+}
+static double lane_is_up(void *ud)
+{
+    return lane_stat(ud, 6);
+}
+
+static void register_lane_metrics(struct metrics *m, struct lane *ln)
+{
+    metrics_gauge_fn(m, "cedra_spoa_lane_up",
+                     "1 while HAProxy may answer hot pages without asking (fast lane).", lane_is_up,
+                     ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_entries", "Pages on the fast lane.", lane_entries, ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_published", "Pages put on the lane since start.",
+                     lane_published, ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_withdrawn", "Pages taken off the lane since start.",
+                     lane_withdrawn, ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_fills", "HAProxy cache fills served since start.",
+                     lane_fills, ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_unknown_fills",
+                     "Fills asked for a page the lane no longer knew (answered 503).",
+                     lane_unknown_fills, ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_failures",
+                     "Runtime API failures that closed the lane since start.", lane_failures, ln);
+}
+
 static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
 {
     struct daemon *d = s->data;
@@ -306,6 +377,8 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
     }
     if (d->l1)
         register_l1_metrics(d->stats->m, d->l1);
+    if (d->lane)
+        register_lane_metrics(d->stats->m, d->lane);
     if (d->conf->has_metrics) {
         struct httpd_config hc = {.listen = &d->conf->metrics, .fd = d->metrics_fd};
 
