@@ -596,6 +596,8 @@ enum lane_publish_result lane_publish(struct lane *ln, struct l1_ref *ref, const
         r = LANE_OLD_CONF;
     else if (old && old->id == id)
         r = LANE_ALREADY;
+    else if (find_id(ln, id)) /* one path per entry: the drop hook withdraws by id */
+        r = LANE_ALREADY;
     else if (!l1_ref_live(ref)) /* the drop hook has run, or will run after us */
         r = LANE_NOT_LIVE;
     else if (!old && ln->n >= ln->max_entries)

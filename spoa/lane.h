@@ -57,7 +57,7 @@ void lane_free(struct lane *ln);
 
 enum lane_publish_result {
     LANE_PUBLISHED,
-    LANE_ALREADY, /* the same entry is published under that path */
+    LANE_ALREADY, /* the entry is published already (under this path or another one) */
     LANE_CLOSED,  /* not set up, or a failure is being recovered from */
     LANE_OLD_CONF,
     LANE_NOT_LIVE, /* the entry left the in-process cache meanwhile */
