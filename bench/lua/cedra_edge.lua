@@ -39,13 +39,25 @@
 --  0: every request looks the page up in Valkey (variant C of bench/edge.sh);
 --  1: parsed fresh entries are kept in a per-thread Lua table, bounded
 --     (CEDRA_LUA_CACHE_ENTRIES, two generations), and answered without Valkey
---     until the page turns stale (TTL = until stale) - variant D. NOTE: this
---     is what a Lua author can do cheaply, but it is not exact: a
---     revalidateTag/revalidatePath or a new write in Valkey is not seen until
---     the TTL ends, which cedra-spoa's L1 must never do (issue 4, item 2).
+--     while fresh - variant D. Kept exact the way cedra-spoa's L1 is, so that
+--     D does the same job as B (issue 4, item 2): Valkey client-side caching.
+--     Per thread, two background tasks (core.register_task) keep a subscriber
+--     on __redis__:invalidate and a connection with CLIENT TRACKING on
+--     REDIRECT <subscriber> BCAST PREFIX <prefix>, heartbeats between the two.
+--     Any write, delete, expiry or eviction of a key under the prefix drops its
+--     entry as soon as Valkey announces it; a change of __revalidated_tags__,
+--     __sharedTags__ or __sharedTagsTtl__ (revalidateTag), or a FLUSHALL,
+--     drops the whole table. While either connection is down the table is
+--     flushed and not used (every request goes to Valkey, as in C), and an
+--     entry is inserted only if nothing was dropped during its own lookup
+--     (epoch counter) and tracking was up throughout. Without this the table
+--     would serve a page revalidateTag deleted until its stale time, which
+--     cedra-spoa must never do. The request path pays one boolean check and
+--     the table lookup; see "keeping the table exact" below.
 --
 -- Load it with lua-load-per-thread (haproxy-lua.cfg): each thread has its own
--- Lua state, hence its own socket pool and cache, and no lock.
+-- Lua state, hence its own socket pool, cache and tracking connections (two
+-- per thread with CEDRA_LUA_CACHE=1), and no lock.
 --
 -- Environment (read once at load):
 --   CEDRA_LUA_VALKEY          host:port                     [127.0.0.1:6379]
@@ -801,6 +813,188 @@ local function cache_drop(key)
     old[key] = nil
 end
 
+-- ---- keeping the table exact: Valkey client-side caching (variant D) -------------
+--
+-- The same job as cedra-spoa's L1 (spoa/tracking.c): the table may only
+-- answer while Valkey is telling this Lua state about every change under the
+-- key prefix. Per thread (each Lua state runs its own two tasks, on its own
+-- thread, with lua-load-per-thread), over two core.tcp connections, RESP2:
+--  * the subscriber: CLIENT ID, then SUBSCRIBE __redis__:invalidate and a
+--    heartbeat channel of its own; it reads pushes until the connection ends;
+--  * the tracking connection: CLIENT TRACKING on REDIRECT <subscriber id>
+--    BCAST PREFIX <prefix> (+OK required), then every HB_MS a PUBLISH on the
+--    heartbeat channel: its reply proves this connection alive and, being the
+--    number of receivers, that the subscriber is still subscribed. The
+--    subscriber answers each heartbeat with a PING (a "pong" comes back): a
+--    HAProxy Lua socket's timeout also counts idle time, in both directions,
+--    so both sockets must carry traffic each way; no heartbeat or pong for
+--    TRACK_TIMEOUT s and the subscriber is declared dead.
+-- An invalidation drops the entry of a key PREFIX..<cache key>; a change of
+-- the bookkeeping hashes (__revalidated_tags__, __sharedTags__,
+-- __sharedTagsTtl__ under the prefix: revalidateTag, tags of any page), a NIL
+-- payload (FLUSHALL/FLUSHDB) or anything unexpected drops the whole table.
+-- Any failure of either connection (error, timeout, refusal, unexpected reply)
+-- flushes the table and turns it off (lookups go to Valkey, as variant C) until
+-- both are back (retry after 100 ms doubling to 2 s): invalidations may have
+-- been lost meanwhile. Every drop or flush, and tracking coming up, bumps
+-- `epoch`; a lookup inserts its entry only if the epoch it read before asking
+-- Valkey is unchanged and tracking is up (what l1.c's epochs do), so a value
+-- read before a change, or while invalidations were not followed, never
+-- enters the table. The request path reads one boolean and the table.
+
+local INVALIDATE = "__redis__:invalidate"
+local SHARED_TTL = PREFIX .. "__sharedTagsTtl__"
+local HB_MS = 500         -- heartbeat period
+local TRACK_TIMEOUT = 2   -- s, socket timeout of both tracking connections
+local BACKOFF_MIN, BACKOFF_MAX = 100, 2000 -- ms
+local PLEN = #PREFIX
+local PING = resp({"PING"})
+
+local tracking_up = false -- the table answers only while true
+local epoch = 0
+local sub_id, sub_hb, sub_gen = nil, nil, 0 -- the subscriber, while subscribed
+local down_logged = false
+
+local function cache_flush()
+    cur, old, ncur = {}, {}, 0
+    epoch = epoch + 1
+end
+
+local function tracking_down(why)
+    if tracking_up or not down_logged then
+        core.Warning(format("cedra_edge: thread %d: tracking down (%s): table flushed, off until it is back",
+            core.thread, tostring(why)))
+        down_logged = true
+    end
+    tracking_up = false
+    cache_flush()
+end
+
+local function on_invalidate(keys)
+    if type(keys) ~= "table" then -- NIL: FLUSHALL/FLUSHDB; else not Valkey's
+        cache_flush()
+        return
+    end
+    epoch = epoch + 1
+    for i = 1, #keys do
+        local k = keys[i]
+        if k == REVALIDATED or k == SHARED or k == SHARED_TTL or type(k) ~= "string" then
+            cache_flush()
+            return
+        end
+        if sub(k, 1, PLEN) == PREFIX then cache_drop(sub(k, PLEN + 1)) end
+    end
+end
+
+-- Runs the subscriber on s until it fails; returns why.
+local function subscriber(s)
+    local ok, err = s:connect(VHOST, VPORT)
+    if not ok then return "connect: " .. tostring(err) end
+    if not s:send(resp({"CLIENT", "ID"})) then return "send" end
+    local id, k = read_reply(s)
+    if k ~= ":" then return "CLIENT ID: " .. tostring(id or k) end
+    local hb = format("cedra_edge:hb:%d", id)
+    if not s:send(resp({"SUBSCRIBE", INVALIDATE, hb})) then return "send" end
+    for _ = 1, 2 do
+        local v, kk = read_reply(s)
+        if kk ~= "*" or type(v) ~= "table" or v[1] ~= "subscribe" then
+            return "SUBSCRIBE: " .. tostring(v or kk)
+        end
+    end
+    sub_id, sub_hb, sub_gen = id, hb, sub_gen + 1
+    while true do
+        local v, kk = read_reply(s)
+        if v == nil then return kk end -- closed, or no heartbeat within TRACK_TIMEOUT
+        if kk ~= "*" or type(v) ~= "table" then return "unexpected reply" end
+        if v[1] == "message" then
+            if v[2] == INVALIDATE then
+                on_invalidate(v[3])
+            elseif v[2] == hb then
+                -- Answer a heartbeat with a PING: the socket's timeout also
+                -- runs on the side that does not send (measured: a subscriber
+                -- that only reads is closed after ~2 timeouts).
+                if not s:send(PING) then return "send" end
+            end
+        elseif v[1] ~= "pong" then
+            return "unexpected reply"
+        end
+    end
+end
+
+local function call(s, args)
+    if not s:send(resp(args)) then return nil, "send" end
+    return read_reply(s)
+end
+
+-- Runs the tracking connection on s for subscriber generation gen; returns
+-- why it ended (nil: the subscriber went away, its task went down).
+local function tracker(s, gen, id, hb)
+    local ok, err = s:connect(VHOST, VPORT)
+    if not ok then return "connect: " .. tostring(err) end
+    local v, k = call(s, {"CLIENT", "TRACKING", "on", "REDIRECT", tostring(id), "BCAST", "PREFIX", PREFIX})
+    if k ~= "+" or v ~= "OK" then return "CLIENT TRACKING: " .. tostring(v or k) end
+    local seq = 0
+    while true do
+        seq = seq + 1
+        v, k = call(s, {"PUBLISH", hb, tostring(seq)})
+        if k ~= ":" or type(v) ~= "number" then return "PUBLISH: " .. tostring(v or k) end
+        if v < 1 then return "subscriber no longer subscribed" end
+        if gen ~= sub_gen then return nil end
+        if not tracking_up then
+            epoch = epoch + 1 -- lookups begun before this point do not insert
+            tracking_up = true
+            if down_logged then
+                core.Warning(format("cedra_edge: thread %d: tracking up again, table on", core.thread))
+                down_logged = false
+            end
+        end
+        core.msleep(HB_MS)
+        if gen ~= sub_gen then return nil end
+    end
+end
+
+local function clock_ms()
+    local t = core.now()
+    return t.sec * 1000 + t.usec // 1000
+end
+
+-- The two tasks of this Lua state (register_task in a lua-load-per-thread
+-- file: one pair per thread, each on its own thread).
+local function subscriber_task()
+    local backoff = BACKOFF_MIN
+    while true do
+        local s = core.tcp()
+        s:settimeout(TRACK_TIMEOUT)
+        local t0 = clock_ms()
+        local ok, why = pcall(subscriber, s)
+        s:close()
+        sub_id, sub_hb, sub_gen = nil, nil, sub_gen + 1
+        tracking_down("subscriber: " .. tostring(why))
+        if clock_ms() - t0 >= BACKOFF_MAX then backoff = BACKOFF_MIN end
+        core.msleep(backoff)
+        backoff = math.min(backoff * 2, BACKOFF_MAX)
+    end
+end
+
+local function tracker_task()
+    local backoff = BACKOFF_MIN
+    while true do
+        while not sub_id do core.msleep(10) end
+        local gen = sub_gen
+        local s = core.tcp()
+        s:settimeout(TRACK_TIMEOUT)
+        local t0 = clock_ms()
+        local ok, why = pcall(tracker, s, gen, sub_id, sub_hb)
+        s:close()
+        if gen == sub_gen then -- its own failure (else the subscriber's task went down)
+            tracking_down("tracking: " .. tostring(why))
+            if clock_ms() - t0 >= BACKOFF_MAX then backoff = BACKOFF_MIN end
+            core.msleep(backoff)
+            backoff = math.min(backoff * 2, BACKOFF_MAX)
+        end
+    end
+end
+
 -- ---- the action -------------------------------------------------------------------
 
 local function pass(txn, cache, loc)
@@ -914,7 +1108,7 @@ local function edge(txn)
     local conditional = inm and #inm <= INM_MAX and not h["if-modified-since"] and
         not no_cache(h["cache-control"] and join(h, "cache-control", ", "))
 
-    if USE_CACHE then
+    if USE_CACHE and tracking_up then
         local e = cache_get(key)
         if e then
             -- whole seconds: serve only if fresh for the whole current second
@@ -928,6 +1122,7 @@ local function edge(txn)
         end
     end
 
+    local ep = epoch -- before asking Valkey: a change seen meanwhile bumps it
     local e, state = lookup(key)
     if not e then return pass(txn, state, loc) end
     if state == S_EXPIRED or state == S_REVALIDATED then return pass(txn, "MISS", loc) end
@@ -941,7 +1136,7 @@ local function edge(txn)
     if USE_CACHE and state == S_FRESH then
         e.reply = make_reply(e, S_FRESH, false)
         e.tagset = nil
-        cache_put(key, e)
+        if tracking_up and epoch == ep then cache_put(key, e) end
         if conditional and inm_matches(inm, e.etag) then
             return serve(txn, make_reply(e, state, true), cache, loc)
         end
@@ -949,6 +1144,11 @@ local function edge(txn)
     end
     local nm = conditional and inm_matches(inm, e.etag)
     return serve(txn, make_reply(e, state, nm), cache, loc)
+end
+
+if USE_CACHE then
+    core.register_task(subscriber_task)
+    core.register_task(tracker_task)
 end
 
 core.register_action("cedra_edge", {"http-req"}, function(txn)
