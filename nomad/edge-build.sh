@@ -49,7 +49,8 @@ make install DESTDIR="$dest"
 # with environment variables), the route-table splitter, an example config.
 step "stage haproxy/ configuration, cedra-routes-sync"
 install -d -m 0755 "$dest$sysconfdir/cedra/haproxy"
-install -m 0644 "$src"/haproxy/*.cfg "$src"/haproxy/*.conf "$dest$sysconfdir/cedra/haproxy/"
+install -m 0644 "$src"/haproxy/*.cfg "$src"/haproxy/*.conf "$src"/haproxy/*.map "$src"/haproxy/*.acl \
+    "$dest$sysconfdir/cedra/haproxy/"
 install -m 0644 "$src/docs/cedra-spoa.conf" "$dest$sysconfdir/cedra/cedra-spoa.conf.example"
 install -D -m 0755 "$src/nomad/cedra-routes-sync.sh" "$dest$prefix/bin/cedra-routes-sync"
 # The route-table tool runs where the storefront is built (deploy.sh), not on

@@ -602,6 +602,10 @@ enum lane_publish_result lane_publish(struct lane *ln, struct l1_ref *ref, const
         r = LANE_NOT_LIVE;
     else if (!old && ln->n >= ln->max_entries)
         r = LANE_FULL;
+    else if (ln->nq >= QUEUE_MAX) { /* HAProxy falls behind: start over, publish later */
+        queue_clear(ln);
+        r = LANE_FULL;
+    }
     if (r != LANE_PUBLISHED) {
         if (r != LANE_ALREADY)
             ln->st.refused++;
@@ -642,8 +646,6 @@ enum lane_publish_result lane_publish(struct lane *ln, struct l1_ref *ref, const
     ln->ib[hash_id(id) & ln->mask] = x;
     ln->n++;
     ln->st.published++;
-    if (ln->nq > QUEUE_MAX)
-        queue_clear(ln);
     pthread_mutex_unlock(&ln->mu);
     wake(ln);
     return r;

@@ -234,7 +234,8 @@ class ConfigTest(unittest.TestCase):
         try:
             with open(os.path.join(tmp, "haproxy-3.1.cfg"), "w") as f:
                 f.write(cfg31.replace("    mode spop\n", "    mode tcp\n"))
-            shutil.copy(os.path.join(d, "cedra-spoe-3.1.conf"), tmp)
+            for name in ("cedra-spoe-3.1.conf", "cedra-lane.map", "cedra-lane-cookies.acl"):
+                shutil.copy(os.path.join(d, name), tmp)
             env = dict(os.environ, CEDRA_HAPROXY_SOCK=os.path.join(tmp, "s.sock"))
             r = subprocess.run([harness.haproxy_bin(), "-c", "-f", os.path.join(tmp, "haproxy-3.1.cfg")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=30)
