@@ -8,10 +8,15 @@
 #
 #   A  HAProxy "http-request return ... file" of the page (the static limit)
 #   B  HAProxy (haproxy/haproxy.cfg + cedra-spoe.conf, as shipped) + cedra-spoa
-#      (build/) with its default configuration, the page answered from the edge
-#      (x-cedra-cache HIT): from its L1 page cache when the binary has one
-#      ("l1-size", 256m by default), else a Valkey lookup per request (GET +
-#      HGET, then HMGET of the tags) and a JSON parse.
+#      (build/) with its default configuration plus the fast lane
+#      (lane-socket, lane-map, lane-cookies: docs/fast-lane.md), the page
+#      answered from the edge (x-cedra-cache HIT): by HAProxy from the lane
+#      once cedra-spoa has published it, its first requests through SPOE from
+#      cedra-spoa's L1. A binary without the lane runs B as J.
+#   J  B with the lane off: every request through SPOE, answered from
+#      cedra-spoa's L1 page cache when the binary has one ("l1-size", 256m by
+#      default), else a Valkey lookup per request (GET + HGET, then HMGET of
+#      the tags) and a JSON parse.
 #   H  the same with "l1-size 0": every request goes to Valkey (the Valkey
 #      path). Only when the binary knows "l1-size"; a binary without L1 makes
 #      B itself the Valkey path, and H is skipped.
@@ -57,11 +62,11 @@
 #   CEDRA_BENCH_ORIGIN       1: set up (setup.sh v16, may build for minutes)
 #                            and run E; 0: never; unset: run E if the v16
 #                            fixture is already built
-#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHKLS]
+#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHJKLS]
 #   CEDRA_BENCH_KEEP=1       keep the temporary directory (logs, raw outputs)
 #   CEDRA_SPOA               cedra-spoa binary       [build/spoa/cedra-spoa]
-# Total time without E: ~20 s of setup and checks, then (9 wrk variants + F) x
-# rounds x duration + warm-ups: ~3.8 min with the defaults.
+# Total time without E: ~20 s of setup and checks, then (10 wrk variants + F) x
+# rounds x duration + warm-ups: ~4.2 min with the defaults.
 
 # pid_<name> variables are assigned by start() through eval.
 # shellcheck disable=SC2154
@@ -78,7 +83,7 @@ wrk_t=${CEDRA_BENCH_WRK_THREADS:-2}
 conns=${CEDRA_BENCH_CONNECTIONS:-50}
 nbthread=${CEDRA_BENCH_NBTHREAD:-2}
 spoa_threads=${CEDRA_BENCH_SPOA_THREADS:-2}
-variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHKLS}
+variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHJKLS}
 origin_mode=${CEDRA_BENCH_ORIGIN:-auto}
 path=/fr/products/chair
 fixture=$repo/tests/fixtures/storefront
@@ -128,7 +133,7 @@ wait_port() { # NAME PORT [SECONDS]
 }
 
 read -r p_redis p_stub p_spoa p_deliver p_a p_b p_c p_d p_oredis p_next p_fake p_g p_spoa0 p_deliver0 p_h \
-    p_fake_s p_s p_fake_k p_k p_fill p_l p_lfill < <("${util[@]}" ports 22)
+    p_fake_s p_s p_fake_k p_k p_fill p_l p_lfill p_spoaj p_deliverj p_j < <("${util[@]}" ports 25)
 [[ $variants == *G* && $variants != *B* ]] && variants=${variants//G/}   # G replays B's agent
 # H: cedra-spoa with its L1 off, if it has one.
 printf 'listen 127.0.0.1:%s\nl1-size 0\n' "$p_spoa0" >"$tmp/l1-probe.conf"
@@ -142,6 +147,20 @@ else
     fi
 fi
 echo "$spoa_l1" >"$tmp/spoa-l1"
+# B: with the fast lane, if the binary has one.
+printf 'listen 127.0.0.1:%s\nlane-socket %s\nlane-map %s\nlane-cookies %s\ndeliver 127.0.0.1:%s\n' "$p_spoa" \
+    "$tmp/haproxy-b.sock" "$repo/haproxy/cedra-lane.map" "$repo/haproxy/cedra-lane-cookies.acl" "$p_deliver" \
+    >"$tmp/lane-probe.conf"
+if "$spoa_bin" -c -f "$tmp/lane-probe.conf" >/dev/null 2>&1; then
+    spoa_lane=1
+    lane_conf=$(printf 'lane-socket %s\nlane-map %s\nlane-cookies %s' "$tmp/haproxy-b.sock" \
+        "$repo/haproxy/cedra-lane.map" "$repo/haproxy/cedra-lane-cookies.acl")
+else
+    spoa_lane=0
+    lane_conf=""
+    log "$spoa_bin has no fast lane: B runs without it (as J)"
+fi
+echo "$spoa_lane" >"$tmp/spoa-lane"
 
 # ---- Valkey (redis-server) with the real entry -------------------------------
 start redis redis-server --port "$p_redis" --bind 127.0.0.1 --save '' --appendonly no --protected-mode yes
@@ -184,7 +203,8 @@ stats-socket $tmp/$3.sock
 ${4:-}
 EOF
 }
-spoa_conf "$p_spoa" "$p_deliver" cedra-spoa >"$tmp/cedra-spoa.conf"
+spoa_conf "$p_spoa" "$p_deliver" cedra-spoa "$lane_conf" >"$tmp/cedra-spoa.conf"
+spoa_conf "$p_spoaj" "$p_deliverj" cedra-spoa-j >"$tmp/cedra-spoa-j.conf"
 spoa_conf "$p_spoa0" "$p_deliver0" cedra-spoa-l1off "l1-size 0" >"$tmp/cedra-spoa-l1off.conf"
 hap_common=(CEDRA_NBTHREAD="$nbthread" CEDRA_ORIGIN_ADDR="127.0.0.1:$p_stub"
             CEDRA_HAPROXY_LOG=stderr CEDRA_HAPROXY_LOG_LEVEL=err)
@@ -193,6 +213,14 @@ if has B; then
     wait_port spoa "$p_spoa"
     start hap_b env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_b" CEDRA_SPOA_ADDR="127.0.0.1:$p_spoa" \
         CEDRA_DELIVER_ADDR="127.0.0.1:$p_deliver" CEDRA_HAPROXY_SOCK="$tmp/haproxy-b.sock" \
+        CEDRA_LANE_MAP="$repo/haproxy/cedra-lane.map" CEDRA_LANE_COOKIES="$repo/haproxy/cedra-lane-cookies.acl" \
+        CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$repo/haproxy/haproxy.cfg"
+fi
+if has J; then
+    start spoaj "$spoa_bin" -f "$tmp/cedra-spoa-j.conf"
+    wait_port spoaj "$p_spoaj"
+    start hap_j env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_j" CEDRA_SPOA_ADDR="127.0.0.1:$p_spoaj" \
+        CEDRA_DELIVER_ADDR="127.0.0.1:$p_deliverj" CEDRA_HAPROXY_SOCK="$tmp/haproxy-j.sock" \
         CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$repo/haproxy/haproxy.cfg"
 fi
 if has H; then
@@ -233,9 +261,9 @@ has C && start hap_c env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=0 CE
 has D && start hap_d env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=1 CEDRA_HTTP_BIND="127.0.0.1:$p_d" \
     haproxy -db -f "$here/lua/haproxy-lua.cfg"
 
-declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l)
+declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l [J]=$p_j)
 wait_port stub "$p_stub"
-for v in A B C D G H S K L; do
+for v in A B C D G H J S K L; do
     if has $v; then wait_port "hap_${v,,}" "${port[$v]}"; fi
 done
 
@@ -263,7 +291,12 @@ else
 fi
 
 # ---- check what each variant answers before measuring ---------------------------
-for v in A B C D G H S K L; do
+# D must be the same job as cedra-spoa's L1: kept exact by Valkey invalidations
+# (DEL, tag-hash change, killed subscriber), never a TTL-only table.
+if has D; then
+    python3 "$here/lua/exact_check.py" "${port[D]}" "$p_redis" "$tmp/key" >&2 || die "D is not exact"
+fi
+for v in A B C D G H J S K L; do
     has $v && "${util[@]}" verify "$v" "${port[$v]}" "$tmp" 200 >&2
 done
 
@@ -271,6 +304,7 @@ done
 declare -A procs=()
 has A && procs[A]="haproxy=$pid_hap_a"
 has B && procs[B]="haproxy=$pid_hap_b cedra-spoa=$pid_spoa valkey=$pid_redis"
+has J && procs[J]="haproxy=$pid_hap_j cedra-spoa=$pid_spoaj valkey=$pid_redis"
 has C && procs[C]="haproxy=$pid_hap_c valkey=$pid_redis"
 has D && procs[D]="haproxy=$pid_hap_d valkey=$pid_redis"
 has G && procs[G]="haproxy=$pid_hap_g fake-agent=$pid_fake"
@@ -289,7 +323,7 @@ run_rb() { # OUTFILE
 }
 
 log "warm-up: ${warm}s per variant"
-for v in A B C D E G H S K L; do
+for v in A B C D E G H J S K L; do
     has $v && run_wrk $v "$warm" "$tmp/warm.$v"
 done
 if has F; then
@@ -300,10 +334,11 @@ if has F; then
 fi
 
 order=""
-for v in A B C D E F G H S K L; do has $v && order+=$v; done
-spoa_before="" spoa0_before=""
+for v in A B C D E F G H J S K L; do has $v && order+=$v; done
+spoa_before="" spoa0_before="" spoaj_before=""
 has B && spoa_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa.sock")
 has H && spoa0_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")
+has J && spoaj_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-j.sock")
 log "measuring: $rounds rounds of ${dur}s, wrk -t$wrk_t -c$conns, HAProxy nbthread $nbthread, order rotates: $order"
 for ((r = 1; r <= rounds; r++)); do
     rot=${order:r-1}${order:0:r-1}
@@ -327,6 +362,10 @@ done
 if has B; then
     spoa_after=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa.sock")
     echo "$spoa_before $spoa_after" >"$tmp/spoa-metrics.B"
+fi
+if has J; then
+    spoaj_after=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-j.sock")
+    echo "$spoaj_before $spoaj_after" >"$tmp/spoa-metrics.J"
 fi
 if has H; then
     spoa0_after=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")

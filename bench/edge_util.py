@@ -419,6 +419,7 @@ def one(d, stem):
 NAMES = {
     "A": "HAProxy http-request return file (static limit)",
     "B": "HAProxy (shipped cfg) + cedra-spoa",
+    "J": "B with the fast lane off: SPOE on every request",
     "H": "HAProxy (shipped cfg) + cedra-spoa, l1-size 0 (Valkey path)",
     "C": "HAProxy + Lua, Valkey per request (core.tcp pool)",
     "D": "HAProxy + Lua, per-thread table cache",
@@ -438,7 +439,13 @@ def report(d, title):
     except OSError:
         l1 = False
     names = dict(NAMES)
-    names["B"] += ", L1 on (default)" if l1 else ", no L1: Valkey per request"
+    try:
+        with open(os.path.join(d, "spoa-lane")) as f:
+            lane = f.read().strip() == "1"
+    except OSError:
+        lane = False
+    names["B"] += ", fast lane on" if lane else (", L1 on (default)" if l1 else ", no L1: Valkey per request")
+    names["J"] += ", L1" if l1 else ", no L1"
     wrk, cpu, rb = {}, {}, []
     for p in sorted(glob.glob(os.path.join(d, "?.*.wrk"))):
         stem = os.path.basename(p)[:-4]
@@ -460,7 +467,7 @@ def report(d, title):
         print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
     print()
     print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
-    for v in "ABHCDEGSKL":
+    for v in "ABJHCDEGSKL":
         rs = wrk.get(v)
         if not rs:
             continue
@@ -484,6 +491,10 @@ def report(d, title):
             ("B/A", "B", "A", ">= 0.6"), ("B/D", "B", "D", ">= 2"), ("B/C", "B", "C", ">= 5"),
             ("%s/F" % valkey_path, valkey_path, "F", "Valkey path vs the store"),
             ("B/E", "B", "E", "edge vs origin"), ("B/H", "B", "H", "L1 on vs off"),
+            ("J/A", "J", "A", "SPOE on every request (lane off)"),
+            ("J/D", "J", "D", "SPOE on every request (lane off)"),
+            ("J/C", "J", "C", "SPOE on every request (lane off)"),
+            ("B/J", "B", "J", "lane on vs off"),
             ("G/A", "G", "A", "HAProxy side, agent ~free"),
             ("S/A", "S", "A", "SPOE exchange alone: ceiling of B/A"),
             ("S/D", "S", "D", "SPOE exchange alone: ceiling of B/D"),
@@ -504,7 +515,7 @@ def report(d, title):
         print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
         print("sent, all rounds; wrk's own CPU not included):")
         cost = {}
-        for v in "ABHCDEGSKL":
+        for v in "ABJHCDEGSKL":
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
@@ -515,6 +526,8 @@ def report(d, title):
         for name, x, y, target in [("B/A", "B", "A", ">= 0.6"), ("B/D", "B", "D", ">= 2"),
                                    ("B/C", "B", "C", ">= 5"), ("B/E", "B", "E", ""),
                                    ("B/H", "B", "H", "L1 on vs off"),
+                                   ("J/A", "J", "A", "lane off"), ("J/D", "J", "D", "lane off"),
+                                   ("J/C", "J", "C", "lane off"),
                                    ("G/A", "G", "A", "HAProxy side, agent ~free"),
                                    ("G/D", "G", "D", ""), ("G/C", "G", "C", ""),
                                    ("S/A", "S", "A", "ceiling of B/A with SPOE"),
@@ -526,7 +539,7 @@ def report(d, title):
             if x in cost and y in cost and cost[x] > 0:
                 print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
     print()
-    for v in "BH":
+    for v in "BJH":
         try:
             with open(os.path.join(d, "spoa-metrics." + v)) as f:
                 h0, t0, h1, t1 = (int(x) for x in f.read().split())
