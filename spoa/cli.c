@@ -49,7 +49,7 @@ static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
                       "Lane_refused: %llu\nLane_fills: %llu\nLane_grace_fills: %llu\n"
                       "Lane_unknown_fills: %llu\nLane_commands: %llu\nLane_failures: %llu\n"
                       "Lane_setups: %llu\n",
-                      ls.up ? "up" : "down", lane_up(st->lane) ? "up" : "down",
+                      ls.up ? "up" : "down", lane_up(st->lane, 0) ? "up" : "down",
                       (unsigned long long)ls.entries, (unsigned long long)ls.grace_entries,
                       (unsigned long long)ls.published, (unsigned long long)ls.withdrawn,
                       (unsigned long long)ls.resets, (unsigned long long)ls.refused,

@@ -225,9 +225,17 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
     uint64_t id = 0;
     bool grace;
 
-    if (strcmp(url, LANE_HEALTH_PATH) == 0)
-        return d->lane && lane_up(d->lane) ? simple(conn, MHD_HTTP_OK, "up\n")
-                                           : simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "down\n");
+    if (strcmp(url, LANE_HEALTH_PATH) == 0) {
+        /* Only the HAProxy process the lane was set up in may use it. */
+        const char *pid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, LANE_PID_HEADER);
+        uint64_t v = 0;
+
+        for (const char *q = pid; q && *q >= '0' && *q <= '9' && v < UINT64_MAX / 10 - 9; q++)
+            v = v * 10 + (uint64_t)(*q - '0');
+        return d->lane && v && lane_up(d->lane, v)
+                   ? simple(conn, MHD_HTTP_OK, "up\n")
+                   : simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "down\n");
+    }
     if (!d->lane)
         return simple(conn, MHD_HTTP_NOT_FOUND, "no lane\n");
     for (int i = 0; i < 16; i++) {

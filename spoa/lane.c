@@ -38,7 +38,7 @@ struct node {
     char path[];
 };
 
-enum cmd_kind { C_PLAIN, C_SENTINEL, C_PROBE };
+enum cmd_kind { C_PLAIN, C_SENTINEL, C_PROBE, C_INFO };
 
 struct cmd {
     struct cmd *next;
@@ -67,7 +67,8 @@ struct lane {
 
     enum state state;
     uint64_t gen;
-    uint64_t epoch; /* bumped by every failure: answers of an older epoch are ignored */
+    uint64_t haproxy_pid; /* of the HAProxy process the lane was set up in */
+    uint64_t epoch;       /* bumped by every failure: answers of an older epoch are ignored */
     struct cmd *qhead, *qtail;
     size_t nq;
     struct cmd *fhead, *ftail; /* handed to the client, answers pending, in order */
@@ -241,9 +242,13 @@ static void setup(struct lane *ln)
     ln->st.setups++;
     drop_queue(ln);
     withdraw_all(ln);
-    /* The sentinel goes last: HAProxy opens the lane only once the map is
-     * empty and the cookie patterns are all there. */
-    if (enqueue(ln, C_PLAIN, "clear map %s", ln->map) < 0 ||
+    /* First the pid of the process behind the socket: the health check
+     * passes only for it, so a reloaded HAProxy's old process (still serving
+     * its connections, its map no longer kept) closes its lane. The
+     * sentinel goes last: HAProxy opens the lane only once the map is empty
+     * and the cookie patterns are all there. */
+    ln->haproxy_pid = 0;
+    if (enqueue(ln, C_INFO, "show info") < 0 || enqueue(ln, C_PLAIN, "clear map %s", ln->map) < 0 ||
         enqueue(ln, C_PLAIN, "clear acl %s", ln->cookies) < 0)
         ln->state = L_DOWN;
     for (size_t i = 0; ln->state == L_SETUP && i < ln->npatterns; i++)
@@ -283,11 +288,28 @@ static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
     setup(t->data);
 }
 
+/* "Pid: <n>" of a "show info" answer; 0 when absent or malformed. */
+static uint64_t info_pid(const char *ans)
+{
+    const char *p = strstr(ans, "\nPid: ");
+    uint64_t v = 0;
+
+    if (!p && strncmp(ans, "Pid: ", 5) == 0)
+        p = ans - 1;
+    if (!p)
+        return 0;
+    for (p += 6; *p >= '0' && *p <= '9' && v < (UINT64_MAX - 9) / 10; p++)
+        v = v * 10 + (uint64_t)(*p - '0');
+    return *p == '\n' || *p == '\r' ? v : 0;
+}
+
 /* The Runtime API answers a successful map or acl change with an empty line. */
 static bool answer_ok(const struct cmd *c, const char *ans, size_t len)
 {
     if (c->kind == C_PROBE)
         return strstr(ans, "found=yes") != NULL;
+    if (c->kind == C_INFO)
+        return info_pid(ans) != 0;
     for (size_t i = 0; i < len; i++)
         if (ans[i] != '\n' && ans[i] != '\r')
             return false;
@@ -325,6 +347,8 @@ static void answer_cb(struct hapi *h, int status, const char *ans, size_t len, v
             fail(ln, c->line, HAPI_EANSWER, detail);
         } else {
             hapi_report_success(ln->api);
+            if (c->kind == C_INFO)
+                ln->haproxy_pid = info_pid(ans);
             if (c->kind == C_SENTINEL) {
                 ln->state = L_UP;
                 ln->failures_in_row = 0;
@@ -714,13 +738,13 @@ struct l1_ref *lane_fill(struct lane *ln, uint64_t id, const char *path, size_t 
     return ref;
 }
 
-bool lane_up(struct lane *ln)
+bool lane_up(struct lane *ln, uint64_t haproxy_pid)
 {
     double now = now_mono();
     bool up;
 
     pthread_mutex_lock(&ln->mu);
-    up = ln->state == L_UP;
+    up = ln->state == L_UP && (haproxy_pid == 0 || haproxy_pid == ln->haproxy_pid);
     if (up && ln->fhead && now - ln->fhead->t > ln->max_lag)
         up = false;
     if (up && ln->qhead && now - ln->qhead->t > ln->max_lag)

@@ -83,8 +83,10 @@ void lane_reset(struct lane *ln, uint64_t gen);
  * *grace tells which. */
 struct l1_ref *lane_fill(struct lane *ln, uint64_t id, const char *path, size_t pathlen,
                          struct isr_conf *isr, bool *grace);
-/* What the health endpoint answers: set up, and no command waiting too long. */
-bool lane_up(struct lane *ln);
+/* What the health endpoint answers: set up, no command waiting too long,
+ * and (haproxy_pid not 0) asked by the HAProxy process it was set up in. */
+bool lane_up(struct lane *ln, uint64_t haproxy_pid);
+#define LANE_PID_HEADER "x-cedra-haproxy-pid"
 
 struct lane_stats {
     uint64_t entries, grace_entries;

@@ -237,7 +237,7 @@ static double lane_stat(struct lane *ln, int which)
     case 5:
         return (double)ls.failures;
     default:
-        return lane_up(ln);
+        return lane_up(ln, 0);
     }
 }
 static double lane_entries(void *ud)

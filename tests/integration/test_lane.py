@@ -264,3 +264,17 @@ class LaneTest(HaproxyCase):
         print("\nthe lane closed %.0f ms after cedra-spoa died" % ((time.monotonic() - t0) * 1000))
         st, hdrs, _ = self.get(path)
         self.assertEqual((st, hdrs.get("x-origin")), (200, "1"))
+
+    def test_only_the_haproxy_process_it_was_set_up_in_may_use_it(self):
+        """After a reload the old HAProxy process keeps serving its clients
+        with a map cedra-spoa no longer keeps: its health check (which sends
+        its own pid) must fail."""
+        self.lane_open()
+
+        def health(pid):
+            headers = {} if pid is None else {"x-cedra-haproxy-pid": str(pid)}
+            return raw_request(self.deliver_port, "GET", "/.cedra/lane/health", headers)[0]
+        self.assertEqual(health(self.hap.pid), 200)
+        self.assertEqual(health(self.hap.pid + 1), 503)
+        self.assertEqual(health(None), 503)
+        self.assertEqual(health("x"), 503)

@@ -135,6 +135,8 @@ static const char *apply(struct fake *fk, const char *line)
     char buf[1100], *save = NULL, *w[5] = {0};
     size_t n = 0;
 
+    if (strcmp(line, "show info") == 0)
+        return "Name: HAProxy\nVersion: 2.6.12\nPid: 4242\nUptime_sec: 1\n\n";
     str_copy(buf, line, sizeof(buf));
     for (char *t = strtok_r(buf, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save))
         w[n++] = t;
@@ -387,7 +389,11 @@ static void free_lines(char **l, size_t n)
 }
 
 static const char *const setup_seq[] = {
-    "clear map " MAP, "clear acl " ACL, "add acl " ACL " session", "add acl " ACL " auth_token",
+    "show info",
+    "clear map " MAP,
+    "clear acl " ACL,
+    "add acl " ACL " session",
+    "add acl " ACL " auth_token",
     SENTINEL_LINE,
 };
 #define NSETUP (sizeof(setup_seq) / sizeof(setup_seq[0]))
@@ -441,7 +447,7 @@ static struct lane_stats stats(struct fx *fx)
 static bool is_up(struct fx *fx, const void *arg)
 {
     (void)arg;
-    return lane_up(fx->ln);
+    return lane_up(fx->ln, 0);
 }
 
 struct span {
@@ -465,7 +471,7 @@ static bool failures_at_least(struct fx *fx, const void *arg)
 
 static bool setups_up(struct fx *fx, const void *arg)
 {
-    return stats(fx).setups >= *(const uint64_t *)arg && lane_up(fx->ln);
+    return stats(fx).setups >= *(const uint64_t *)arg && lane_up(fx->ln, 0);
 }
 
 static bool held(struct fx *fx, const void *arg)
@@ -636,8 +642,8 @@ static void test_bad_settings(void **state)
     ev_loop_destroy(loop);
 }
 
-/* 1. clear map, clear acl, the patterns, then the sentinel; up only once the
- * sentinel is answered. */
+/* 1. show info, clear map, clear acl, the patterns, then the sentinel; up only
+ * once the sentinel is answered. */
 static void test_setup(void **state)
 {
     struct fx fx;
@@ -647,17 +653,20 @@ static void test_setup(void **state)
     (void)state;
     fx_init(&fx, false);
     r = put(&fx, "/fr/x", 1000);
-    assert_false(lane_up(fx.ln));
+    assert_false(lane_up(fx.ln, 0));
     assert_int_equal(pub(&fx, r, "/fr/x", 0), LANE_CLOSED);
     fake_hold(&fx.fk, SENTINEL_LINE);
     assert_true(run_until(&fx, held, NULL, DEADLINE));
     /* The fake has the sentinel and has not answered yet. */
     assert_int_equal(fake_count(&fx.fk), NSETUP);
-    assert_false(lane_up(fx.ln));
+    assert_false(lane_up(fx.ln, 0));
     assert_int_equal(pub(&fx, r, "/fr/x", 0), LANE_CLOSED);
     fake_release(&fx.fk);
     assert_true(run_until(&fx, is_up, NULL, DEADLINE));
     expect_lines(&fx, 0, setup_seq, NSETUP);
+    /* Only the HAProxy process it was set up in (show info's Pid) may use it. */
+    assert_true(lane_up(fx.ln, 4242));
+    assert_false(lane_up(fx.ln, 4241));
     st = stats(&fx);
     assert_true(st.up);
     assert_int_equal(st.setups, 1);
@@ -873,7 +882,7 @@ static void test_reset(void **state)
     for (int i = 0; i < 3; i++)
         w[i] = l[i];
     expect_lines(&fx, base, w, 3);
-    assert_true(lane_up(fx.ln));
+    assert_true(lane_up(fx.ln, 0));
     /* The entry withdrawn by the reset can be published again. */
     assert_int_equal(pub(&fx, a, "/fr/a", 0), LANE_OLD_CONF);
     assert_int_equal(pub(&fx, a, "/fr/a", 1), LANE_PUBLISHED);
@@ -913,7 +922,7 @@ static void test_failure_recovery(void **state)
     assert_int_equal(pub(&fx, b, "/fr/b", 0), LANE_PUBLISHED);
     want = 1;
     assert_true(run_until(&fx, failures_at_least, &want, DEADLINE));
-    assert_false(lane_up(fx.ln));
+    assert_false(lane_up(fx.ln, 0));
     st = stats(&fx);
     assert_false(st.up);
     assert_int_equal(st.entries, 0);
@@ -937,7 +946,7 @@ static void test_failure_recovery(void **state)
     assert_int_equal(pub(&fx, c, "/fr/c", 0), LANE_PUBLISHED);
     want = 2;
     assert_true(run_until(&fx, failures_at_least, &want, DEADLINE));
-    assert_false(lane_up(fx.ln));
+    assert_false(lane_up(fx.ln, 0));
     assert_int_equal(stats(&fx).entries, 0);
     want = 3;
     assert_true(run_until(&fx, setups_up, &want, DEADLINE));
