@@ -15,7 +15,7 @@ import socket
 import time
 
 import harness
-from test_edge_cache import EdgeCacheTest, FIX, PREFIX, aged, load_value, redis_cmd
+from test_edge_cache import EdgeCacheTest, FIX, PREFIX, aged, load_value, redis_cmd  # noqa: F401
 from test_haproxy import HaproxyCase, SF
 from test_locale_routing import raw_request
 
@@ -24,6 +24,19 @@ HAPROXY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pa
 LANE_MAP = os.path.join(HAPROXY_DIR, "cedra-lane.map")
 LANE_COOKIES = os.path.join(HAPROXY_DIR, "cedra-lane-cookies.acl")
 PATH = "/fr/products/chair"
+
+
+def lived(value, age_s, revalidate_s=600, expire_s=3600):
+    """aged(), with the fixture's revalidate (10 s) and expireAge (15 s)
+    raised: the page would turn stale or expire in the middle of a test under
+    the sanitizers."""
+    v = aged(value, age_s)
+    ls = v["lifespan"]
+    ls["revalidate"] = ls["staleAge"] = revalidate_s
+    ls["expireAge"] = expire_s
+    ls["staleAt"] = ls["lastModifiedAt"] + revalidate_s
+    ls["expireAt"] = ls["lastModifiedAt"] + expire_s
+    return v
 
 
 class LaneTest(HaproxyCase):
@@ -53,7 +66,9 @@ class LaneTest(HaproxyCase):
             "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % self.deliver_port,
             "CEDRA_LANE_MAP": LANE_MAP,
             "CEDRA_LANE_COOKIES": LANE_COOKIES,
-            "CEDRA_LANE_CHECK_INTER": "100ms",
+            # HAProxy's default check timeout is the interval: a slow answer
+            # (sanitizers) must not close the lane in the middle of a test.
+            "CEDRA_LANE_CHECK_INTER": "%dms" % (500 * SF),
         })
         self.assertEqual(self.hap.sock, self.hap_sock)
         self.wait_spoa_check()
@@ -85,7 +100,7 @@ class LaneTest(HaproxyCase):
 
     def hot(self, slug="chair", value=None):
         """The page is on the lane: answered with no NOTIFY."""
-        key = self.put_page(slug, value or aged(self.chair, 1))
+        key = self.put_page(slug, value or lived(self.chair, 1))
         path = "/fr/products/%s" % slug
         self.lane_open()
 
@@ -186,7 +201,7 @@ class LaneTest(HaproxyCase):
         self.assertEqual((hdrs.get("x-origin"), hdrs["x-cedra-cache"]), ("1", "MISS"))
 
         # A new version comes back on the lane, and the old one never does.
-        new = aged(self.chair, 0)
+        new = lived(self.chair, 0)
         new["value"]["html"] = self.chair["value"]["html"].replace("Chaise", "Chaise v2")
         key, path = self.hot(value=new)
         st, hdrs, body = self.get(path)
@@ -203,7 +218,7 @@ class LaneTest(HaproxyCase):
         # Invalidations stop with the subscriber: the lane must not keep a
         # page that changes right after (the L1 test does the same for the L1).
         key, path = self.hot()
-        new = aged(self.chair, 0)
+        new = lived(self.chair, 0)
         new["value"]["html"] = self.chair["value"]["html"].replace("Chaise", "Chaise v3")
         redis_cmd(self.rport, "CLIENT", "KILL", "TYPE", "pubsub")
         self.put_page("chair", new)
@@ -213,14 +228,12 @@ class LaneTest(HaproxyCase):
                            interval=0.05, what="the new page on the lane")
 
     def test_stale_page_leaves_the_lane_on_time(self):
-        v = aged(self.chair, 0)
-        v["lifespan"]["revalidate"] = 3
-        v["revalidate"] = 3
-        v["lifespan"]["staleAt"] = v["lifespan"]["lastModifiedAt"] + 3
+        rv = max(3, int(3 * SF))  # long enough to get on the lane first, under sanitizers too
+        v = lived(self.chair, 0, revalidate_s=rv)
         key, path = self.hot(value=v)
-        stale_ms = v["lastModified"] + 3000
+        stale_ms = v["lastModified"] + rv * 1000
         seen_off = False
-        t_end = time.time() + 8 * SF
+        t_end = time.time() + rv + 5 * SF
         while time.time() < t_end:
             t = time.time() * 1000
             (st, hdrs, body), skipped = self.on_lane(path)
