@@ -76,12 +76,15 @@ def main():
         quiet = {"CEDRA_HAPROXY_LOG_LEVEL": "err"}
         with open(os.path.join(harness.REPO, "haproxy", "haproxy.cfg")) as f:
             shipped = f.read()
-        nofilter = re.sub(r"(?m)^\s*filter spoe .*\n", "", shipped)
-        assert nofilter != shipped
+        nofilter = re.sub(r"(?m)^\s*(filter spoe|http-request send-spoe-group) .*\n", "", shipped)
+        assert nofilter.count("spoe") < shipped.count("spoe")
         nofilter = nofilter.replace('"${CEDRA_SPOE_CONF-cedra-spoe.conf}"', '""')
         cfg_nf = env.write("haproxy-nofilter.cfg", nofilter)
+        # The copy lives elsewhere: the lane's (empty, unused) pattern files by absolute path.
+        lane_files = {"CEDRA_LANE_MAP": os.path.join(harness.REPO, "haproxy", "cedra-lane.map"),
+                      "CEDRA_LANE_COOKIES": os.path.join(harness.REPO, "haproxy", "cedra-lane-cookies.acl")}
         with_f = env.start_haproxy(agent.addr, origin.port, extra_env=quiet)
-        without = env.start_haproxy(agent.addr, origin.port, extra_env=quiet, cfg=cfg_nf)
+        without = env.start_haproxy(agent.addr, origin.port, extra_env=dict(quiet, **lane_files), cfg=cfg_nf)
         static_port = harness.free_port()
         static = env.spawn("haproxy-static", ["haproxy", "-db", "-f", os.path.join(env.dir, "static.cfg")],
                            env={"CEDRA_HTTP_BIND": "127.0.0.1:%d" % static_port, "CEDRA_NBTHREAD": "2",
