@@ -1,6 +1,7 @@
 #include "conf.h"
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,9 +42,14 @@ struct spoa_conf *spoa_conf_dup(const struct spoa_conf *c)
 {
     struct spoa_conf *d = malloc(sizeof(*d));
 
+    /* refs is the one field the workers write (atomically) while this runs:
+     * a plain copy of it is a data race, so the copy starts after it. */
+    const size_t off = offsetof(struct spoa_conf, refs) + sizeof(c->refs);
+
+    _Static_assert(offsetof(struct spoa_conf, refs) == 0, "refs must come first");
     if (!d)
         return NULL;
-    memcpy(d, c, sizeof(*d));
+    memcpy((char *)d + off, (const char *)c + off, sizeof(*d) - off);
     atomic_init(&d->refs, 1);
     /* exclude[] points into the struct's own buffers. */
     for (unsigned i = 0; i < d->nexclude; i++)

@@ -370,7 +370,9 @@ class HaproxyTest(HaproxyCase):
         base = req_tot()
         out_path = self.env.path("wrk.out")
         with open(out_path, "wb") as out:
-            w = subprocess.Popen([wrk, "-t2", "-c20", "-d5s", "--timeout", "3s",
+            # Under the sanitizers every request in flight at the kill waits the
+            # SPOE processing timeout (2 s there): give the load time to resume.
+            w = subprocess.Popen([wrk, "-t2", "-c20", "-d%ds" % (5 * min(SF, 3)), "--timeout", "3s",
                                   "http://127.0.0.1:%d/fr/x" % self.hap.port],
                                  stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -378,9 +380,9 @@ class HaproxyTest(HaproxyCase):
             harness.wait_until(lambda: req_tot() > base + 500, 10, what="wrk traffic")
             before_kill = req_tot()
             self.agent.kill9()
-            harness.wait_until(lambda: req_tot() > before_kill + 500, 10,
+            harness.wait_until(lambda: req_tot() > before_kill + 500, 10 * SF,
                                what="traffic after the kill")
-            w.wait(30)
+            w.wait(30 * SF)
         finally:
             if w.poll() is None:
                 w.kill()
