@@ -336,9 +336,26 @@ class Env(object):
         self.procs = []
         self.problems = []   # unclean exits found at stop time
         self._seq = 0
+        self._held = []      # sockets behind dead_port()
 
     def path(self, name):
         return os.path.join(self.dir, name)
+
+    def dead_port(self, host="127.0.0.1"):
+        """A port where nothing listens, for as long as this Env runs.
+        free_port() is not enough: the port is released at once, so a later
+        free_port() in the same test may return it again for a server that
+        does listen (seen in CI: HAProxy's SPOE check ended in "Layer7
+        invalid response", not L4CON, which is what HAProxy reports when an
+        HTTP listener, such as its own frontend, answers its HELLO), and a client that reconnects to it may in the end get it as
+        its own source port (a TCP self-connect). A socket bound without
+        listen() refuses every connection and keeps the port from being
+        handed out by bind(0) or as a source port."""
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        self._held.append(s)
+        return s.getsockname()[1]
 
     def write(self, name, text):
         p = self.path(name)
@@ -498,6 +515,9 @@ class Env(object):
                     proc.name, proc.pid, rc))
             for report in memcheck_reports(proc.err_path):
                 self.problems.append("%s (pid %d): %s" % (proc.name, proc.pid, report))
+        for s in self._held:
+            s.close()
+        self._held = []
 
     def dump(self):
         sys.stderr.write("\n===== logs in %s =====\n" % self.dir)

@@ -290,7 +290,7 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
                                     extra_env={"CEDRA_STABLE_SLOTS": str(STABLE_SLOTS),
                                                "CEDRA_CANARY_SLOTS": str(CANARY_SLOTS),
                                                "CEDRA_DELIVER_ADDR":
-                                               "127.0.0.1:%d" % harness.free_port()})
+                                               "127.0.0.1:%d" % env.dead_port()})
         cls.port = cls.hap.port
         cls.hsock = cls.hap.sock
 

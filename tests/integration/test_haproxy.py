@@ -118,7 +118,7 @@ class HaproxyCase(harness.IntegrationTestCase):
             addr = self.agent.addr
         else:
             self.agent = None
-            addr = ("127.0.0.1", harness.free_port())   # nothing listens there
+            addr = ("127.0.0.1", self.env.dead_port())
         self.hap = self.env.start_haproxy(addr, self.origin.port, extra_env=haproxy_env)
         self.wait_origin_up()
         return self.hap

@@ -46,7 +46,7 @@ class StateFileTest(harness.IntegrationTestCase):
             "stats-socket %s" % self.spoa_sock]))
         self.state = env.path("haproxy.state")
         self.hap_env = {"CEDRA_STABLE_SLOTS": "4", "CEDRA_CANARY_SLOTS": "2",
-                        "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % harness.free_port(),
+                        "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % env.dead_port(),
                         "CEDRA_SERVER_STATE_FILE": self.state}
         self.cfg = os.path.join(haproxy_dir(), "haproxy.cfg")
         self.hap = env.start_haproxy(self.spoa.addr, self.origin["backup"].port, cfg=self.cfg,

@@ -191,6 +191,27 @@ static int free_port(void)
     return port;
 }
 
+/* A port where nothing listens while *fd stays open. A port that is only
+ * free lies in the ephemeral range: a client reconnecting to it again and
+ * again may be given it as its own source port, and the kernel then completes
+ * a TCP self-connect. A socket bound without listen() refuses connections and
+ * keeps the port from being handed out. */
+static int dead_port(int *fd)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+
+    *fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (*fd < 0)
+        return -1;
+    if (bind(*fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
+        getsockname(*fd, (struct sockaddr *)&sin, &len) == 0)
+        return ntohs(sin.sin_port);
+    close(*fd);
+    *fd = -1;
+    return -1;
+}
+
 /* One connect + PING; true when the server answered anything RESP-like. */
 static bool redis_answers(int port)
 {
@@ -743,12 +764,14 @@ static void test_server_killed_and_restarted(void **state)
 static void test_backoff_no_busy_loop(void **state)
 {
     struct tctx *t = *state;
-    int port = free_port(); /* nothing listens there */
+    int hold;
+    int port = dead_port(&hold);
     double t0 = now_mono(), lower = 0, d;
     struct rec r = {0};
     const struct valkey_stats *st;
     uint64_t base;
 
+    assert_true(port > 0);
     test_cfg(t, port);
     t->v = valkey_new(t->loop, &t->cfg);
     assert_non_null(t->v);
@@ -771,6 +794,7 @@ static void test_backoff_no_busy_loop(void **state)
     assert_true(st->connects >= base + 3);
     assert_true(now_mono() - t0 <= 3 * t->cfg.backoff_max + 0.3);
     assert_int_equal(st->ups, 0);
+    close(hold);
 }
 
 static void test_sigstop_timeout_and_recovery(void **state)
