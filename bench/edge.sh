@@ -213,7 +213,7 @@ if has B; then
     wait_port spoa "$p_spoa"
     start hap_b env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_b" CEDRA_SPOA_ADDR="127.0.0.1:$p_spoa" \
         CEDRA_DELIVER_ADDR="127.0.0.1:$p_deliver" CEDRA_HAPROXY_SOCK="$tmp/haproxy-b.sock" \
-        CEDRA_LANE_MAP="$repo/haproxy/cedra-lane.map" CEDRA_LANE_COOKIES="$repo/haproxy/cedra-lane-cookies.acl" \
+        CEDRA_LANE=on CEDRA_LANE_MAP="$repo/haproxy/cedra-lane.map" CEDRA_LANE_COOKIES="$repo/haproxy/cedra-lane-cookies.acl" \
         CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$repo/haproxy/haproxy.cfg"
 fi
 if has J; then

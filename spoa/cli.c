@@ -48,14 +48,15 @@ static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
                       "Lane_published: %llu\nLane_withdrawn: %llu\nLane_resets: %llu\n"
                       "Lane_refused: %llu\nLane_fills: %llu\nLane_grace_fills: %llu\n"
                       "Lane_unknown_fills: %llu\nLane_commands: %llu\nLane_failures: %llu\n"
-                      "Lane_setups: %llu\n",
+                      "Lane_setups: %llu\nLane_checks: %llu\n",
                       ls.up ? "up" : "down", lane_up(st->lane, 0) ? "up" : "down",
                       (unsigned long long)ls.entries, (unsigned long long)ls.grace_entries,
                       (unsigned long long)ls.published, (unsigned long long)ls.withdrawn,
                       (unsigned long long)ls.resets, (unsigned long long)ls.refused,
                       (unsigned long long)ls.fills, (unsigned long long)ls.grace_fills,
                       (unsigned long long)ls.unknown_fills, (unsigned long long)ls.commands,
-                      (unsigned long long)ls.failures, (unsigned long long)ls.setups);
+                      (unsigned long long)ls.failures, (unsigned long long)ls.setups,
+                      (unsigned long long)ls.checks);
     }
     opsock_printf(out, "Locales: ");
     for (unsigned i = 0; i < c->locales.n; i++)

@@ -24,6 +24,11 @@
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
 #define VALUE_MAX 64
+/* A lane set up but never health-checked by its HAProxy process is closed
+ * for good: most likely HAProxy runs without CEDRA_LANE=on. Well above any
+ * sensible check interval (the interval bounds how long the lane can outlive
+ * cedra-spoa, so it is kept short). */
+#define UNCHECKED_AFTER 10.0
 
 struct node {
     struct node *pnext; /* path chain */
@@ -75,6 +80,9 @@ struct lane {
     size_t nf;
     bool probing;
     double last_probe;
+    double checked_at;     /* last check by haproxy_pid, or when the lane came up */
+    bool unchecked_warned; /* since the last check or set-up */
+    bool checked_again;    /* a check after the warning: noted by the next tick */
     unsigned failures_in_row;
     uint64_t rng;
     bool freeing;
@@ -352,6 +360,8 @@ static void answer_cb(struct hapi *h, int status, const char *ans, size_t len, v
             if (c->kind == C_SENTINEL) {
                 ln->state = L_UP;
                 ln->failures_in_row = 0;
+                ln->checked_at = now_mono();
+                ln->unchecked_warned = false;
             }
         }
     }
@@ -410,10 +420,17 @@ static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     struct lane *ln = t->data;
     double now = now_mono();
     struct node *dead = NULL;
+    bool warn = false, again = false;
+    uint64_t pid = 0;
 
     (void)loop;
     (void)revents;
     pthread_mutex_lock(&ln->mu);
+    if (ln->state == L_UP && !ln->unchecked_warned && now - ln->checked_at >= UNCHECKED_AFTER)
+        ln->unchecked_warned = warn = true;
+    pid = ln->haproxy_pid;
+    again = ln->checked_again;
+    ln->checked_again = false;
     while (ln->ghead && now - ln->ghead->gone_at >= ln->grace) {
         struct node *x = ln->ghead;
 
@@ -451,6 +468,15 @@ static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
         }
     }
     pthread_mutex_unlock(&ln->mu);
+    /* Logged here, on the loop, not from the delivery thread's check. */
+    if (warn)
+        log_warning(
+            "lane_unchecked",
+            "haproxy_pid=%" PRIu64 " for_s=%.0f hint=\"the lane is set up but HAProxy does "
+            "not check cedra_lane/lane1, so it stays closed: run HAProxy with CEDRA_LANE=on\"",
+            pid, UNCHECKED_AFTER);
+    if (again)
+        log_notice("lane_checked", "haproxy_pid=%" PRIu64 " after=lane_unchecked", pid);
     while (dead) {
         struct node *next = dead->gnext;
 
@@ -745,6 +771,13 @@ bool lane_up(struct lane *ln, uint64_t haproxy_pid)
 
     pthread_mutex_lock(&ln->mu);
     up = ln->state == L_UP && (haproxy_pid == 0 || haproxy_pid == ln->haproxy_pid);
+    if (up && haproxy_pid != 0) {
+        ln->st.checks++;
+        ln->checked_at = now;
+        if (ln->unchecked_warned)
+            ln->checked_again = true;
+        ln->unchecked_warned = false;
+    }
     if (up && ln->fhead && now - ln->fhead->t > ln->max_lag)
         up = false;
     if (up && ln->qhead && now - ln->qhead->t > ln->max_lag)

@@ -84,7 +84,9 @@ void lane_reset(struct lane *ln, uint64_t gen);
 struct l1_ref *lane_fill(struct lane *ln, uint64_t id, const char *path, size_t pathlen,
                          struct isr_conf *isr, bool *grace);
 /* What the health endpoint answers: set up, no command waiting too long,
- * and (haproxy_pid not 0) asked by the HAProxy process it was set up in. */
+ * and (haproxy_pid not 0) asked by the HAProxy process it was set up in.
+ * With a pid, a call is that process's health check: one that never comes
+ * (HAProxy without CEDRA_LANE=on) is logged once, 10 s after the set-up. */
 bool lane_up(struct lane *ln, uint64_t haproxy_pid);
 #define LANE_PID_HEADER "x-cedra-haproxy-pid"
 
@@ -93,6 +95,7 @@ struct lane_stats {
     uint64_t published, withdrawn, resets, refused;
     uint64_t fills, grace_fills, unknown_fills;
     uint64_t commands, failures, setups;
+    uint64_t checks; /* health checks from the process the lane was set up in, while set up */
     bool up;
 };
 void lane_get_stats(struct lane *ln, struct lane_stats *out);

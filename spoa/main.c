@@ -236,6 +236,8 @@ static double lane_stat(struct lane *ln, int which)
         return (double)ls.unknown_fills;
     case 5:
         return (double)ls.failures;
+    case 7:
+        return (double)ls.checks;
     default:
         return lane_up(ln, 0);
     }
@@ -268,6 +270,10 @@ static double lane_is_up(void *ud)
 {
     return lane_stat(ud, 6);
 }
+static double lane_checks(void *ud)
+{
+    return lane_stat(ud, 7);
+}
 
 static void register_lane_metrics(struct metrics *m, struct lane *ln)
 {
@@ -286,6 +292,10 @@ static void register_lane_metrics(struct metrics *m, struct lane *ln)
                      lane_unknown_fills, ln);
     metrics_gauge_fn(m, "cedra_spoa_lane_failures",
                      "Runtime API failures that closed the lane since start.", lane_failures, ln);
+    metrics_gauge_fn(m, "cedra_spoa_lane_health_checks",
+                     "Health checks of the lane by the HAProxy process it was set up in, since "
+                     "start: flat while the lane is up means HAProxy runs without CEDRA_LANE=on.",
+                     lane_checks, ln);
 }
 
 static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)

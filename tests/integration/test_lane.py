@@ -16,7 +16,7 @@ import time
 
 import harness
 from test_edge_cache import EdgeCacheTest, FIX, PREFIX, aged, load_value, redis_cmd  # noqa: F401
-from test_haproxy import HaproxyCase, SF
+from test_haproxy import HaproxyCase, SF, stat_row
 from test_locale_routing import raw_request
 
 HAPROXY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -42,6 +42,8 @@ def lived(value, age_s, revalidate_s=600, expire_s=3600):
 class LaneTest(HaproxyCase):
     start_redis = EdgeCacheTest.start_redis
     put_page = EdgeCacheTest.put_page
+    # Tests that run HAProxy without CEDRA_LANE=on (the shipped default).
+    HAPROXY_LANE_OFF = ("test_haproxy_without_cedra_lane_keeps_it_closed_and_quiet",)
 
     def setUp(self):
         super().setUp()
@@ -63,6 +65,7 @@ class LaneTest(HaproxyCase):
             "lane-grace 2s",
         ])
         self.start_stack(extra=extra, haproxy_env={
+            "CEDRA_LANE": "off" if self._testMethodName in self.HAPROXY_LANE_OFF else "on",
             "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % self.deliver_port,
             "CEDRA_LANE_MAP": LANE_MAP,
             "CEDRA_LANE_COOKIES": LANE_COOKIES,
@@ -150,6 +153,7 @@ class LaneTest(HaproxyCase):
         self.assertGreaterEqual(int(i["Lane_published"]), 1)
         self.assertGreaterEqual(int(i["Lane_fills"]), 1)
         self.assertEqual(int(i["Lane_unknown_fills"]), 0)
+        self.assertGreater(int(i["Lane_checks"]), 0)
 
     def test_everything_else_goes_through_spoe(self):
         _, path = self.hot()
@@ -295,3 +299,31 @@ class LaneTest(HaproxyCase):
         self.assertEqual(health(self.hap.pid + 1), 503)
         self.assertEqual(health(None), 503)
         self.assertEqual(health("x"), 503)
+
+    def test_haproxy_without_cedra_lane_keeps_it_closed_and_quiet(self):
+        """cedra-spoa configured for the lane, HAProxy started without
+        CEDRA_LANE=on: lane1 stays in maintenance and is never checked, so
+        every request goes through SPOE; HAProxy says nothing about the lane
+        (no DOWN, no "no server available"), and cedra-spoa says, once, why
+        the lane it set up stays closed."""
+        harness.wait_until(lambda: self.info().get("Lane") == "up", 10 * SF, what="the lane set up")
+        row = stat_row(self.hap.sock, "cedra_lane", "lane1")
+        self.assertEqual(row["status"], "MAINT", row)
+        self.put_page("chair", lived(self.chair, 1))
+        for i in range(10):
+            (st, hdrs, body), skipped = self.on_lane()
+            self.assertFalse(skipped, "request %d skipped SPOE" % i)
+            self.assertEqual(st, 200)
+            if i:
+                self.assertEqual((hdrs.get("x-cedra-cache"), body), ("HIT", self.html))
+        harness.wait_until(lambda: "event=lane_unchecked" in self.agent.stderr_text(), 20 * SF,
+                           interval=0.2, what="cedra-spoa's lane_unchecked warning")
+        err = self.agent.stderr_text()
+        self.assertEqual(err.count("event=lane_unchecked"), 1, err)
+        self.assertIn("CEDRA_LANE=on", err)
+        self.assertEqual(self.info()["Lane_checks"], "0")
+        self.assertEqual(self.info()["Lane_health"], "up")
+        with open(self.hap.err_path, errors="replace") as f:
+            hlog = f.read()
+        self.assertNotIn("lane1 is DOWN", hlog)
+        self.assertNotIn("backend 'cedra_lane' has no server available", hlog)

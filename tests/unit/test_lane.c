@@ -675,6 +675,9 @@ static void test_setup(void **state)
     assert_int_equal(st.published, 0);
     assert_int_equal(st.entries, 0);
     assert_int_equal(st.commands, fake_count(&fx.fk));
+    /* Only that process's checks count as HAProxy checking the lane (the
+     * one above); an operator's look (pid 0) and another process do not. */
+    assert_int_equal(st.checks, 1);
     l1_release(r);
     fx_done(&fx);
 }
