@@ -871,6 +871,48 @@ class EdgeBuildTest(unittest.TestCase):
                            stderr=subprocess.STDOUT, timeout=30)
         self.assertEqual(r.returncode, 0, r.stdout.decode())
 
+    def test_fast_lane_recipe_of_the_readme(self):
+        """nomad/README.md's fast-lane recipe, applied to the job as written
+        there: HAProxy accepts the environment (lane server checked, map and
+        cookie file found in the image tree), cedra-spoa accepts the
+        configuration, and both name the same map and cookie file."""
+        hap = harness.require_tool("haproxy")
+        readme = read(os.path.join(NOMAD, "README.md"))
+        sec = readme[readme.index("### The fast lane (opt-in)"):]
+        hcl_block = re.search(r"```hcl\n(.*?)```", sec, re.S).group(1)
+        conf_block = re.search(r"```\n(lane-socket.*?)```", sec, re.S).group(1)
+        lane_env = dict(re.findall(r'^(CEDRA_\w+)\s*=\s*"([^"]*)"$', hcl_block, re.M))
+        self.assertEqual(set(lane_env), {"CEDRA_LANE", "CEDRA_LANE_MAP", "CEDRA_LANE_COOKIES"})
+        doc, grp, rt, alloc, files = self.render_edge()
+        tasks = grp["task"]
+        tmpl = dict(template_with(one(tasks["cedra-spoa"]), "listen unix:"))
+        tmpl["data"] = tmpl["data"] + conf_block
+        spoa_conf = render_task_template(doc, tmpl, rt, fake_ctx(rt))
+        kw = {l.split()[0]: l.split()[1:] for l in spoa_conf.splitlines() if l.split()}
+        self.assertEqual(kw["lane-map"], [lane_env["CEDRA_LANE_MAP"]])
+        self.assertEqual(kw["lane-cookies"], [lane_env["CEDRA_LANE_COOKIES"]])
+        hap_task = one(tasks["haproxy"])
+        henv = {k: hcl_string(v, doc, runtime=rt) for k, v in one(hap_task["env"]).items()}
+        self.assertEqual(kw["lane-socket"], [henv["CEDRA_HAPROXY_SOCK"]])
+        path = os.path.join(self.tmp, "lane-spoa.conf")
+        with open(path, "w") as f:
+            f.write(spoa_conf)
+        r = subprocess.run([self.bin("cedra-spoa"), "-c", "-f", path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + "\n" + spoa_conf)
+        # HAProxy, with the image tree's files at the recipe's absolute paths.
+        env = dict(os.environ, **henv)
+        env["CEDRA_ORIGIN_ADDR"] = "10.1.2.10:23456"
+        for k in ("CEDRA_LANE_MAP", "CEDRA_LANE_COOKIES"):
+            staged = os.path.join(self.stage, lane_env[k].lstrip("/"))
+            self.assertTrue(os.path.isfile(staged), staged)
+            env[k] = staged
+        env["CEDRA_LANE"] = lane_env["CEDRA_LANE"]
+        cfg = os.path.join(self.stage, one(hap_task["config"])["args"][-1].lstrip("/"))
+        r = subprocess.run([hap, "-c", "-f", cfg], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout.decode())
+
     def test_published_route_table_reaches_cedra_spoa(self):
         """deploy.sh's table in Consul KV -> the bundle template -> the staged
         cedra-routes-sync -> a file cedra-spoa loads as a pool's routes."""
