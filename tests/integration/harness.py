@@ -116,30 +116,41 @@ def require_tool(name):
     return path
 
 
-def free_port(host="127.0.0.1"):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    try:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+# Ports free_port()/free_ports() handed out in this process. bind(0) may
+# return a port it returned a moment ago (it was released), and a test that
+# asks for two ports, one per server, would then start both on the same port.
+_handed_out = set()
 
 
-def free_ports(n, host="127.0.0.1"):
-    """n distinct free ports: all bound at once, then released (free_port()
-    called n times may return the same port twice)."""
+def _pick_ports(n, host):
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks = []
+    socks, ports = [], []
     try:
-        for _ in range(n):
+        while len(ports) < n:
+            if len(socks) > n + 256:
+                raise RuntimeError("no free port left that was not handed out already")
             s = socket.socket(fam, socket.SOCK_STREAM)
-            socks.append(s)
+            socks.append(s)  # held until all are picked: distinct within one call
             s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
+            port = s.getsockname()[1]
+            if (host, port) not in _handed_out:
+                ports.append(port)
+        _handed_out.update((host, p) for p in ports)
+        return ports
     finally:
         for s in socks:
             s.close()
+
+
+def free_port(host="127.0.0.1"):
+    """A port nothing listens on now, never handed out before by this process.
+    It is released: for a port that must stay unused, Env.dead_port()."""
+    return _pick_ports(1, host)[0]
+
+
+def free_ports(n, host="127.0.0.1"):
+    """n distinct free ports (see free_port())."""
+    return _pick_ports(n, host)
 
 
 def wait_until(pred, timeout, interval=0.02, what="condition"):

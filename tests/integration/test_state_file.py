@@ -9,6 +9,7 @@ restart without the variable comes back with empty slots (the control: the
 file, not the agent, restored them)."""
 
 import os
+import signal
 import subprocess
 import time
 import unittest
@@ -98,7 +99,12 @@ class StateFileTest(harness.IntegrationTestCase):
         self.assertFalse(os.path.exists(self.state + ".tmp"))
 
         # The agent can no longer touch HAProxy: the file alone must do it.
+        # Paused is not enough: a paused agent still gives a restarted
+        # HAProxy back what it had (cedra-agent(8), "pause"), and may do so
+        # before the assertions below run. Stopped, it cannot.
         self.assertEqual(harness.unix_command(self.agent_sock, "pause"), "\n")
+        self.agent.signal(signal.SIGSTOP)
+        self.addCleanup(self.agent.signal, signal.SIGCONT)
         self.restart_haproxy(with_state=True)
         t0 = time.monotonic()
         self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_stable"), stable)
@@ -116,6 +122,7 @@ class StateFileTest(harness.IntegrationTestCase):
         self.restart_haproxy(with_state=False)
         self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_stable"), [])
         self.assertEqual(harness.slot_ports(self.hap.sock, "storefront_canary"), [])
+        self.agent.signal(signal.SIGCONT)
         self.assertEqual(harness.unix_command(self.agent_sock, "resume"), "\n")
         harness.wait_until(lambda: harness.slot_ports(self.hap.sock, "storefront_stable") == stable,
                            10 * harness.slow_factor(), what="the agent refills after resume")
