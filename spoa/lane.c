@@ -420,8 +420,8 @@ static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     struct lane *ln = t->data;
     double now = now_mono();
     struct node *dead = NULL;
-    bool warn = false, again = false;
-    uint64_t pid = 0;
+    bool warn = false, again;
+    uint64_t pid;
 
     (void)loop;
     (void)revents;
