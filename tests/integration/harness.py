@@ -354,18 +354,18 @@ class Env(object):
 
     def dead_port(self, host="127.0.0.1"):
         """A port where nothing listens, for as long as this Env runs.
-        free_port() is not enough: the port is released at once, so a later
-        free_port() in the same test may return it again for a server that
-        does listen (seen in CI: HAProxy's SPOE check ended in "Layer7
-        invalid response", not L4CON, which is what HAProxy reports when an
-        HTTP listener, such as its own frontend, answers its HELLO), and a client that reconnects to it may in the end get it as
-        its own source port (a TCP self-connect). A socket bound without
-        listen() refuses every connection and keeps the port from being
-        handed out by bind(0) or as a source port."""
+        A released free port is not enough: another listener may get it (seen
+        in CI: HAProxy's SPOE check of a "dead" agent address ended in
+        "Layer7 invalid response", what it reports when an HTTP listener
+        answers its HELLO, not L4CON), and a client that keeps reconnecting
+        may get it as its own source port (a TCP self-connect). A socket
+        bound without listen() refuses every connection, and while it is
+        held neither bind(0) nor a connect() can take the port."""
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.bind((host, 0))
         self._held.append(s)
+        _handed_out.add((host, s.getsockname()[1]))
         return s.getsockname()[1]
 
     def write(self, name, text):
