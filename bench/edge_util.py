@@ -505,6 +505,7 @@ def report(d, title):
             ("L/A", "L", "A", "design probe: SPOE-free fast lane"),
             ("L/D", "L", "D", "design probe: SPOE-free fast lane"),
             ("L/C", "L", "C", "design probe: SPOE-free fast lane"),
+            ("A/D", "A", "D", "static return: ceiling of B/D"),
             ("D/A", "D", "A", "Lua cache vs static"), ("C/A", "C", "A", "Lua lookup vs static")]:
         if x in med and y in med and med[y] > 0:
             r = med[x] / med[y]
@@ -537,7 +538,8 @@ def report(d, title):
                                    ("K/A", "K", "A", "design probe"),
                                    ("K/D", "K", "D", "design probe"),
                                    ("L/A", "L", "A", "design probe"),
-                                   ("L/D", "L", "D", "design probe")]:
+                                   ("L/D", "L", "D", "design probe"),
+                                   ("A/D", "A", "D", "static return: ceiling of B/D")]:
             if x in cost and y in cost and cost[x] > 0:
                 print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
     print()
