@@ -264,15 +264,26 @@ def run_scenario(stk, scen, prof, seed):
         scen.heal(stk, ctx)
         t_heal = time.monotonic()
         if scen.agent_sees:
-            # the fault must have reached the agent, or the scenario tested nothing
-            seen1 = stk.agent_counters()
-            moved = {k: seen1.get(k, 0) - seen0.get(k, 0) for k in seen1
-                     if seen1.get(k, 0) != seen0.get(k, 0)}
-            ctx.note("cedra-agent counters moved: %s" % (
-                ", ".join("%s +%d" % kv for kv in sorted(moved.items())) or "none"))
-            if not any(moved.get(k) for k in scen.agent_sees):
+            # The fault must have reached the agent, or the scenario tested
+            # nothing. A fault with no hold (an index reset) persists but is
+            # only seen on the agent's next query, which can come after heal():
+            # wait for it within the recovery deadline instead of reading once.
+            moved = {}
+
+            def agent_saw():
+                seen1 = stk.agent_counters()
+                moved.clear()
+                moved.update({k: seen1.get(k, 0) - seen0.get(k, 0) for k in seen1
+                              if seen1.get(k, 0) != seen0.get(k, 0)})
+                return any(moved.get(k) for k in scen.agent_sees)
+            try:
+                harness.wait_until(agent_saw, prof["deadline"], interval=0.05,
+                                   what="cedra-agent's %s counter" % "/".join(scen.agent_sees))
+            except AssertionError:
                 row.problems.append("cedra-agent never saw the fault (%s unchanged)" %
                                     "/".join(scen.agent_sees))
+            ctx.note("cedra-agent counters moved: %s" % (
+                ", ".join("%s +%d" % kv for kv in sorted(moved.items())) or "none"))
         rthreads += revalidate_all(stk, slug, revals, rerrors, rstop)
         ok, why = wait_recovered(stk, port, prof["deadline"])
         t_rec = time.monotonic()
