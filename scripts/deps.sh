@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential autoconf automake libtool pkg-config
-  libev-dev libhiredis-dev libjansson-dev libcurl4-openssl-dev libcmocka-dev libmicrohttpd-dev
+  libev-dev libhiredis-dev libjansson-dev libcurl4-openssl-dev libcmocka-dev libmicrohttpd-dev zlib1g-dev
   clang libclang-rt-14-dev valgrind cppcheck clang-format
   haproxy redis-server wrk socat curl python3 ca-certificates procps prometheus shellcheck lua-cjson
 )

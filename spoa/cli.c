@@ -90,6 +90,8 @@ static int show_stat(struct opsock_out *out, int argc, char **argv, void *ud)
         {"ack_too_big", offsetof(struct spoa_stats, ack_too_big)},
         {"unknown_messages", offsetof(struct spoa_stats, other_messages)},
         {"valkey_errors", offsetof(struct spoa_stats, lookup_errors)},
+        {"gzip_answers", offsetof(struct spoa_stats, gzip_answers)},
+        {"gzip_errors", offsetof(struct spoa_stats, gzip_errors)},
         {"spop_connections", offsetof(struct spoa_stats, spop_connections)},
         {"spop_refused", offsetof(struct spoa_stats, spop_refused)},
         {"spop_errors", offsetof(struct spoa_stats, spop_errors)},

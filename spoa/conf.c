@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include "cfgfile.h"
+#include "gzip.h"
 #include "spoe.h"
 
 static void set_exclude(struct spoa_conf *c, unsigned i, const char *prefix)
@@ -101,6 +102,7 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->valkey_max_reply = 8u << 20;
     c->l1_size = 256u << 20; /* a shard takes entries up to a quarter of its 16 MiB: 4 MiB pages */
     c->isr = (struct isr_conf)ISR_CONF_DEFAULT;
+    c->gzip_level = GZIP_LEVEL_DEFAULT;
     c->lock_ms = 10000;
     c->lane_grace = 5.0;
     c->lane_max_entries = 10000;
@@ -487,6 +489,12 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
             c->isr.powered_by = b;
         else
             c->isr.compress = b;
+        return 0;
+    }
+    if (!strcmp(kw, "gzip-level")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 0, 9, &v) < 0)
+            goto bad;
+        c->gzip_level = (int)v;
         return 0;
     }
     if (!strcmp(kw, "isr-max-body")) {

@@ -71,6 +71,9 @@ struct spoa_conf {
      * reload) a missing canary pool may only mean cedra-agent has not spoken yet. */
     bool canary_known;
     struct isr_conf isr;
+    /* gzip level of the copies the edge answers with when Next would
+     * compress (isr.compress); 0: those clients get the page uncompressed. */
+    int gzip_level;
     unsigned lock_ms; /* revalidation lock of a stale page */
     char lock_prefix[64];
     char stats_socket[108]; /* operator socket path; "" = none */

@@ -223,7 +223,9 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
     struct l1_ref *ref;
     enum MHD_Result rc;
     uint64_t id = 0;
-    bool grace;
+    bool grace, gz = false;
+    const void *body;
+    size_t len;
 
     if (strcmp(url, LANE_HEALTH_PATH) == 0) {
         /* Only the HAProxy process the lane was set up in may use it. */
@@ -246,6 +248,12 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
         id = id << 4 | (uint64_t)v;
     }
     p += 16;
+    /* <id>.gz: the copy for a client that accepts gzip (haproxy.cfg lists
+     * the Accept-Encoding values, all of which make Next choose gzip). */
+    if (strncmp(p, ".gz/", 4) == 0) {
+        gz = true;
+        p += 3;
+    }
     if (*p != '/')
         return simple(conn, MHD_HTTP_NOT_FOUND, "bad lane path\n");
     ref = lane_fill(d->lane, id, p, strlen(p), &isr, &grace);
@@ -260,14 +268,22 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
         l1_release(ref);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
     }
-    r = MHD_create_response_from_buffer_with_free_callback_cls(e->body_len, (void *)e->body,
-                                                               release_ref_cb, ref);
+    /* Next compresses when its compress option is on and the page is big
+     * enough; the lane publishes such a page only with its gzip copy, so
+     * none here means gzip-level 0: the page as it is, as at the edge. */
+    gz = gz && isr.compress && e->body_len >= ISR_COMPRESS_MIN && e->body_gz.data;
+    body = gz ? (const void *)e->body_gz.data : (const void *)e->body;
+    len = gz ? e->body_gz.len : e->body_len;
+    r = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)body, release_ref_cb,
+                                                               ref);
     if (!r) {
         l1_release(ref);
         return MHD_NO;
     }
     for (size_t i = 0; i < hs.n; i++)
         MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
+    if (gz)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
     rc = MHD_queue_response(conn, (unsigned)e->status, r);
     MHD_destroy_response(r);
     return rc;
@@ -318,6 +334,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     for (size_t i = 0; i < hs.n; i++)
         MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
+    /* Last, where `compression` sets it. */
+    if (p->item.gzip && !p->not_modified)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
     rc = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     if (p->not_modified)

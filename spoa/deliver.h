@@ -40,6 +40,7 @@ struct deliver_item {
     enum isr_variant variant;
     const void *body;
     size_t body_len;
+    bool gzip; /* body is the gzip copy: sent with Content-Encoding: gzip */
 };
 
 /* Parks an item to be answered as a HIT/STALE (st) or a 304 (not_modified).

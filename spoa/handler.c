@@ -11,7 +11,9 @@
 #include <ev.h>
 
 #include "cookie.h"
+#include "coding.h"
 #include "deliver.h"
+#include "gzip.h"
 #include "isr.h"
 #include "l1.h"
 #include "lane.h"
@@ -90,6 +92,9 @@ struct request {
     /* Cache-Control lines: the same, for the no-cache that makes Next answer 200. */
     int64_t cache_control_headers;
     struct str accept_language;
+    /* Accept-Encoding, and its lines: HAProxy hands over only the last. */
+    struct str accept_encoding;
+    int64_t accept_encoding_headers;
     struct str if_none_match;
     struct str cache_control;
     /* App Router headers: counts (req.hdr_cnt: a comma splits a value) and
@@ -123,6 +128,10 @@ struct pending {
     double t0;        /* lookup start, for the latency histogram */
     bool conditional; /* may be answered 304 */
     enum isr_variant variant;
+    /* The content-coding Next would choose (GET only; HEAD is never
+     * compressed); coding_ok false when the edge cannot tell. */
+    enum coding coding;
+    bool coding_ok;
     char segment[ISR_MAX_SEGMENT_PATH]; /* ISR_SEGMENT: the segment path asked for */
     size_t segment_len;
     char inm[INM_MAX];
@@ -182,6 +191,7 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"query", offsetof(struct request, query)},
         {"cookie", offsetof(struct request, cookie)},
         {"accept_language", offsetof(struct request, accept_language)},
+        {"accept_encoding", offsetof(struct request, accept_encoding)},
         {"if_none_match", offsetof(struct request, if_none_match)},
         {"cache_control", offsetof(struct request, cache_control)},
         {"rsc_value", offsetof(struct request, rsc_value)},
@@ -201,6 +211,7 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"now_route", offsetof(struct request, now_route)},
         {"authorization", offsetof(struct request, authorization)},
         {"cookie_headers", offsetof(struct request, cookie_headers)},
+        {"accept_encoding_headers", offsetof(struct request, accept_encoding_headers)},
         {"cache_control_headers", offsetof(struct request, cache_control_headers)},
         {"if_modified_since", offsetof(struct request, if_modified_since)},
     };
@@ -572,6 +583,76 @@ static bool put_edge(struct spoe_wbuf *w, const struct pending *p, const struct 
     return !w->overflow;
 }
 
+/* How the answer must be coded to be what Next.js sends. */
+enum answer_coding {
+    ANSWER_IDENTITY,
+    ANSWER_GZIP,
+    ANSWER_ORIGIN, /* the edge cannot send it as Next would (deflate, doubt) */
+};
+
+/* `compression` leaves alone a response whose Cache-Control has the
+ * no-transform directive: /(?:^|,)\s*?no-transform\s*?(?:,|$)/. */
+/* m[0..len), blanks around it aside, is lit. */
+static bool trimmed_is(const char *m, size_t len, const char *lit)
+{
+    while (len && (*m == ' ' || *m == '\t')) {
+        m++;
+        len--;
+    }
+    while (len && (m[len - 1] == ' ' || m[len - 1] == '\t'))
+        len--;
+    return len == strlen(lit) && memcmp(m, lit, len) == 0;
+}
+
+static bool no_transform(const struct isr_headers *hs)
+{
+    for (size_t i = 0; i < hs->n; i++) {
+        const char *v = hs->h[i].value, *end = v + hs->h[i].value_len;
+
+        if (strcasecmp(hs->h[i].name, "cache-control") != 0)
+            continue;
+        while (v < end) {
+            const char *c = memchr(v, ',', (size_t)(end - v));
+            const char *m_end = c ? c : end;
+
+            if (trimmed_is(v, (size_t)(m_end - v), "no-transform"))
+                return true;
+            if (!c)
+                break;
+            v = c + 1;
+        }
+    }
+    return false;
+}
+
+/* What Next's `compression` does with an answer of len bytes and these
+ * headers (a 200/404 with a body; a 304 is never coded): compresses it
+ * when Next's compress option is on, the Cache-Control allows it, the
+ * HTML is at least ISR_COMPRESS_MIN bytes (an RSC payload or segment has
+ * no Content-Length for the threshold to apply to) and the client's
+ * Accept-Encoding picks gzip (or deflate). The edge answers gzip from the
+ * entry's gzip copy (gz), made when it was read. */
+static enum answer_coding answer_coding(const struct pending *p, enum isr_variant v, size_t len,
+                                        const struct isr_coded *gz, const struct isr_headers *hs)
+{
+    if (!p->conf->isr.compress || (v == ISR_HTML && len < ISR_COMPRESS_MIN) || no_transform(hs))
+        return ANSWER_IDENTITY;
+    if (!p->coding_ok)
+        return ANSWER_ORIGIN;
+    switch (p->coding) {
+    case CODING_IDENTITY:
+        return ANSWER_IDENTITY;
+    case CODING_GZIP:
+        /* gzip-level 0: the operator's choice, the page as it is. */
+        if (p->conf->gzip_level == 0)
+            return ANSWER_IDENTITY;
+        return gz->data ? ANSWER_GZIP : ANSWER_ORIGIN;
+    case CODING_DEFLATE:
+        break;
+    }
+    return ANSWER_ORIGIN;
+}
+
 /* The delivery server reproduces the same statuses and headers as the
  * HAProxy rules; only the size differs. */
 static bool deliver_fits(const struct pending *p, const struct isr_entry *e)
@@ -617,6 +698,8 @@ static bool put_deliver(struct handler *h, struct pending *p, struct spoe_wbuf *
     put_str_var(w, VAR_TOKEN, token, DELIVER_TOKEN_SIZE - 1);
     put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
     metrics_counter_inc(h->stats->requests[DEC_DELIVER][c]);
+    if (it->gzip)
+        metrics_counter_inc(h->stats->gzip_answers);
     if (nm)
         metrics_counter_inc(h->stats->not_modified);
     return true;
@@ -646,9 +729,20 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
         it.body_len = sg ? sg->len : 0;
     }
     if (h->deliver && it.body && it.body_len <= p->conf->isr.max_body &&
-        isr_variant_headers(e, it.variant, state, false, &p->conf->isr, &hs) == 0 &&
-        put_deliver(h, p, w, hd, &it, state, false, c))
-        return;
+        isr_variant_headers(e, it.variant, state, false, &p->conf->isr, &hs) == 0) {
+        const struct isr_segment *sg =
+            it.variant == ISR_SEGMENT ? isr_segment_find(e, p->segment, p->segment_len) : NULL;
+        enum answer_coding ac =
+            answer_coding(p, it.variant, it.body_len, sg ? &sg->gz : &e->rsc_gz, &hs);
+
+        if (ac == ANSWER_GZIP) {
+            it.body = sg ? sg->gz.data : e->rsc_gz.data;
+            it.body_len = sg ? sg->gz.len : e->rsc_gz.len;
+            it.gzip = true;
+        }
+        if (ac != ANSWER_ORIGIN && put_deliver(h, p, w, hd, &it, state, false, c))
+            return;
+    }
     log_debug("edge_unservable", "worker=%u variant=%s status=%d rsc=%zu", h->id,
               it.variant == ISR_SEGMENT ? "segment" : "rsc", e->status, e->rsc_len);
     put_pass(w, h, CACHE_MISS);
@@ -687,6 +781,9 @@ static void lane_offer(struct handler *h, const struct pending *p, const struct 
         !hd->ref || e->status != 200 || c->npools != 1 || p->who.pool != 0 || p->who.pin ||
         p->who.locale < 0)
         return;
+    /* The lane answers gzip clients too: only with the copy they need. */
+    if (c->isr.compress && c->gzip_level > 0 && e->body_len >= ISR_COMPRESS_MIN && !e->body_gz.data)
+        return;
     lane_publish(h->lane, hd->ref, p->lane_path, p->lane_path_len, fresh_until(e, &c->isr),
                  c->locales.name[p->who.locale], &c->isr, c->gen);
 }
@@ -704,6 +801,31 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
         return;
     }
     nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
+    if (!nm) {
+        struct isr_headers hs;
+        enum answer_coding ac = isr_headers(e, state, false, &p->conf->isr, &hs) < 0
+                                    ? ANSWER_ORIGIN
+                                    : answer_coding(p, ISR_HTML, e->body_len, &e->body_gz, &hs);
+
+        if (ac == ANSWER_GZIP) {
+            struct deliver_item it = {.entry = e,
+                                      .variant = ISR_HTML,
+                                      .body = e->body_gz.data,
+                                      .body_len = e->body_gz.len,
+                                      .gzip = true};
+
+            put_who(w, p->conf, &p->who);
+            if (h->deliver && deliver_fits(p, e) && put_deliver(h, p, w, hd, &it, state, nm, c))
+                return;
+        }
+        if (ac != ANSWER_IDENTITY) {
+            wbuf_for(h, p->req, w);
+            log_debug("edge_uncoded", "worker=%u body=%zu", h->id, e->body_len);
+            put_who(w, p->conf, &p->who);
+            put_pass(w, h, CACHE_MISS);
+            return;
+        }
+    }
 
     if (put_edge(w, p, e, state, nm)) {
         put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
@@ -772,8 +894,16 @@ static void on_lookup(void *priv, enum lookup_result res, struct isr_entry *e, e
         /* Keep it in memory for the next requests, unless an invalidation
          * came in since the lookup started (the epoch says so). */
         enum l1_put_result pr;
-        struct l1_ref *ref =
-            h->l1 ? l1_put(h->l1, p->fkey, p->fkeylen, p->prefixlen, e, 0, p->epoch, &pr) : NULL;
+        struct l1_ref *ref;
+
+        /* The gzip copies are made once, here, before the entry is shared:
+         * for the cache (any later client may want them), or for this
+         * request. A failure only sends gzip clients to the origin. */
+        if (p->conf->isr.compress && p->conf->gzip_level > 0 &&
+            (h->l1 || (p->coding_ok && p->coding == CODING_GZIP)) &&
+            isr_entry_encode(e, gzip_encode, &p->conf->gzip_level) < 0)
+            metrics_counter_inc(h->stats->gzip_errors);
+        ref = h->l1 ? l1_put(h->l1, p->fkey, p->fkeylen, p->prefixlen, e, 0, p->epoch, &pr) : NULL;
 
         held_release(&p->held);
         if (ref) {
@@ -895,6 +1025,12 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->who = *who;
     p->t0 = now_mono();
     p->variant = variant;
+    p->coding = CODING_IDENTITY;
+    p->coding_ok = true;
+    if (str_is(rq->method, "GET"))
+        p->coding_ok =
+            rq->accept_encoding_headers <= 1 &&
+            coding_choose(rq->accept_encoding.p, rq->accept_encoding.len, &p->coding) == 0;
     /* Only GET without a query string: what the lane guard lets through. */
     if (h->lane && str_is(rq->method, "GET") && !rq->query.p && rq->path.len <= LANE_PATH_MAX) {
         memcpy(p->lane_path, rq->path.p, rq->path.len);

@@ -845,10 +845,45 @@ static enum isr_err parse_value(struct isr_entry *e, json_t *val, const struct i
     return ISR_OK;
 }
 
+static int encode_one(struct isr_entry *e, const void *in, size_t len, size_t min,
+                      struct isr_coded *out, isr_encoder *enc, void *ud)
+{
+    unsigned char *data;
+    size_t n;
+
+    if (out->data || len < min)
+        return 0;
+    if (enc(in, len, &data, &n, ud) < 0)
+        return -1;
+    out->data = data;
+    out->len = n;
+    e->mem += n + 16;
+    return 0;
+}
+
+int isr_entry_encode(struct isr_entry *e, isr_encoder *enc, void *ud)
+{
+    int rc = encode_one(e, e->body, e->body_len, ISR_COMPRESS_MIN, &e->body_gz, enc, ud);
+
+    if (e->rsc && encode_one(e, e->rsc, e->rsc_len, 0, &e->rsc_gz, enc, ud) < 0)
+        rc = -1;
+    for (size_t i = 0; e->segments && i < e->nsegments; i++) {
+        struct isr_segment *sg = &e->priv->segs[i];
+
+        if (encode_one(e, sg->data, sg->len, 0, &sg->gz, enc, ud) < 0)
+            rc = -1;
+    }
+    return rc;
+}
+
 void isr_entry_free(struct isr_entry *e)
 {
     if (e == NULL)
         return;
+    free((void *)e->body_gz.data);
+    free((void *)e->rsc_gz.data);
+    for (size_t i = 0; e->priv->segs && i < e->nsegments; i++)
+        free((void *)e->priv->segs[i].gz.data);
     json_decref(e->priv->root);
     free(e->priv->tagcopy);
     free(e->priv->payloads);

@@ -71,6 +71,14 @@ struct isr_header {
     size_t value_len;
 };
 
+/* A payload in a content-coding (gzip), made once by isr_entry_encode():
+ * data NULL when the entry has none (not asked for, below the size Next
+ * compresses from, or the encoder failed). */
+struct isr_coded {
+    const unsigned char *data;
+    size_t len;
+};
+
 /* One value.segmentData member: the segment path the client asks for in
  * Next-Router-Segment-Prefetch ("/_tree", "/_full", ...) and its payload. */
 struct isr_segment {
@@ -78,6 +86,7 @@ struct isr_segment {
     size_t path_len;
     const unsigned char *data;
     size_t len;
+    struct isr_coded gz;
 };
 
 #define ISR_MAX_SEGMENTS 256
@@ -109,6 +118,8 @@ struct isr_entry {
     size_t rsc_len;
     size_t nsegments;
     const struct isr_segment *segments; /* NULL when any could not be decoded */
+    /* The html and the rscData in gzip (isr_entry_encode()). */
+    struct isr_coded body_gz, rsc_gz;
     /* Heap bytes the entry holds beside struct isr_entry and its private
      * part (the in-process cache budget), approximately. */
     size_t mem;
@@ -131,6 +142,23 @@ struct isr_entry {
 enum isr_err isr_entry_parse(const char *buf, size_t len, const struct isr_conf *conf,
                              struct isr_entry **out);
 void isr_entry_free(struct isr_entry *e);
+
+/* Writes a coded copy of in[0..len) to *out (malloc'd, the entry frees it).
+ * Returns 0, or -1 (nothing allocated). */
+typedef int isr_encoder(const void *in, size_t len, unsigned char **out, size_t *outlen, void *ud);
+
+/* Next's `compression` leaves an answer with a Content-Length below this
+ * many bytes as it is: the HTML (sendRenderResult sends a string with its
+ * length). RSC payloads and segments are streamed, without Content-Length:
+ * compressed whatever their size (measured, empty segments included). */
+#define ISR_COMPRESS_MIN 1024
+
+/* Gives the entry's html (if at least ISR_COMPRESS_MIN bytes), rscData and
+ * every segment their gzip copy, made by enc, once: before the entry is
+ * shared between threads (it is not locked). e->mem grows by what was
+ * made. Returns 0, or -1 when enc failed for one (the others are kept; a
+ * payload without its copy is then not answered in gzip by the edge). */
+int isr_entry_encode(struct isr_entry *e, isr_encoder *enc, void *ud);
 
 enum isr_state {
     ISR_FRESH,       /* serve, x-nextjs-cache: HIT */

@@ -45,6 +45,12 @@ struct spoa_stats *spoa_stats_new(void)
                                        "ISR lookups that failed in Valkey (request passed on).");
     s->l1_hits = metrics_counter(s->m, "cedra_spoa_l1_hits_total",
                                  "Fresh pages answered from the in-process cache, no Valkey trip.");
+    s->gzip_answers =
+        metrics_counter(s->m, "cedra_spoa_gzip_answers_total",
+                        "Edge answers sent in gzip, as Next.js would for the Accept-Encoding.");
+    s->gzip_errors = metrics_counter(s->m, "cedra_spoa_gzip_errors_total",
+                                     "Pages whose gzip copy could not be made (those clients "
+                                     "went to the origin).");
     s->lookup_seconds =
         metrics_histogram(s->m, "cedra_spoa_valkey_lookup_duration_seconds",
                           "Time of an ISR lookup in Valkey, all its round trips.", lookup_bounds,
@@ -63,8 +69,8 @@ struct spoa_stats *spoa_stats_new(void)
                                       "Fragmented NOTIFYs aborted by HAProxy.");
     if (!s->not_modified || !s->revalidations || !s->redirect_refused || !s->ack_too_big ||
         !s->other_messages || !s->lookup_errors || !s->l1_hits || !s->lookup_seconds ||
-        !s->spop_connections || !s->spop_notifies || !s->spop_open || !s->spop_refused ||
-        !s->spop_errors || !s->spop_aborted)
+        !s->gzip_answers || !s->gzip_errors || !s->spop_connections || !s->spop_notifies ||
+        !s->spop_open || !s->spop_refused || !s->spop_errors || !s->spop_aborted)
         goto fail;
     return s;
 fail:

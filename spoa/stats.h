@@ -20,6 +20,8 @@ struct spoa_stats {
     struct metrics_counter *other_messages;
     struct metrics_counter *lookup_errors;
     struct metrics_counter *l1_hits;
+    struct metrics_counter *gzip_answers;
+    struct metrics_counter *gzip_errors;
     struct metrics_histogram *lookup_seconds;
     struct metrics_counter *spop_connections;
     struct metrics_counter *spop_notifies;

@@ -1,10 +1,11 @@
 /* libFuzzer target for the request-header parsers of cedra-spoa:
- * Accept-Language, Cookie, locale paths and redirect targets. The input is
+ * Accept-Language, Accept-Encoding, Cookie, locale paths and redirect targets. The input is
  * split at the first NUL into a header-ish part and a path/query part. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "coding.h"
 #include "cookie.h"
 #include "locale.h"
 
@@ -27,6 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *v;
     size_t vl;
     char out[256];
+    enum coding cd = CODING_IDENTITY;
     int loc, n;
 
     if (ls.n == 0) {
@@ -38,6 +40,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (q)
         pl = (size_t)(q - path);
 
+    n = coding_choose(s, hl, &cd);
+    if ((n != 0 && n != -1) || (cd != CODING_IDENTITY && cd != CODING_GZIP && cd != CODING_DEFLATE))
+        abort();
     loc = locale_from_accept_language(&ls, s, hl);
     if (loc < -1 || loc >= (int)ls.n)
         abort();

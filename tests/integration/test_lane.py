@@ -9,6 +9,7 @@ path, and it stops at once when the page changes in Valkey, when the page
 turns stale, when the pools change, when HAProxy loses its map, and within
 one health-check interval when cedra-spoa dies."""
 
+import gzip
 import os
 import re
 import socket
@@ -180,6 +181,9 @@ class LaneTest(HaproxyCase):
             ("preview", path, {"Cookie": "__prerender_bypass=1"}),
             ("preview data", path, {"Cookie": "__next_preview_data=1"}),
             ("pool pin", path, {"Cookie": "cedra_pool=canary.b2"}),
+            ("accept-encoding, gzip refused", path, {"Accept-Encoding": "gzip;q=0"}),
+            ("accept-encoding, another value", path, {"Accept-Encoding": "gzip, br"}),
+            ("accept-encoding, empty", path, {"Accept-Encoding": ""}),
         ]
         for what, target, headers in cases:
             with self.subTest(what):
@@ -200,6 +204,30 @@ class LaneTest(HaproxyCase):
         (st, hdrs, body), skipped = self.on_lane(path, {"Cookie": "consent=yes; theme=dark"})
         self.assertTrue(skipped)
         self.assertEqual((st, body), (200, self.html))
+
+    def test_gzip_clients_get_their_own_copy(self):
+        _, path = self.hot()
+        for ae in ("gzip, deflate, br, zstd", "deflate, gzip"):
+            # What the SPOE path answers the same client (off the lane by
+            # its Cache-Control, which changes nothing else).
+            st0, h0, b0 = self.get(path, {"Accept-Encoding": ae, "Cache-Control": "max-age=0"})
+            self.assertEqual((st0, h0.get("content-encoding"), gzip.decompress(b0)),
+                             (200, "gzip", self.html), ae)
+            for _ in range(5):
+                (st, hdrs, body), skipped = self.on_lane(path, {"Accept-Encoding": ae})
+                self.assertTrue(skipped, "%s: not on the lane" % ae)
+                self.assertEqual((st, hdrs.get("content-encoding"), hdrs.get("x-cedra-cache")),
+                                 (200, "gzip", "HIT"), ae)
+                self.assertEqual(gzip.decompress(body), self.html, ae)
+                self.assertEqual(int(hdrs["content-length"]), len(body), ae)
+                for k in ("content-type", "vary", "x-nextjs-cache", "x-nextjs-prerender",
+                          "x-nextjs-stale-time", "x-powered-by", "cache-control", "etag"):
+                    self.assertEqual(hdrs.get(k), h0.get(k), "%s: %s" % (ae, k))
+        # The copies are apart: a client without Accept-Encoding still gets
+        # the page as it is, from the lane.
+        (st, hdrs, body), skipped = self.on_lane(path)
+        self.assertTrue(skipped)
+        self.assertEqual((st, hdrs.get("content-encoding"), body), (200, None, self.html))
 
     def test_valkey_changes_take_the_page_off_the_lane(self):
         key, path = self.hot()

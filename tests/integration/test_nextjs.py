@@ -31,12 +31,15 @@ storefront_stable/origin from `show stat` on the stats socket (TCP health
 checks are not sessions and do not count).
 """
 
+import gzip
+import http.client
 import json
 import os
 import signal
 import sys
 import time
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -432,6 +435,74 @@ class _NextjsEdge(object):
         r = a.get(path, {"If-None-Match": '"nope"'})
         self.assertEqual((r.status, r.cache, r.body), (200, "HIT", hit.body), v)
         self.assertEqual(a.origin_requests(), n0, v)
+
+    # ------------------------------------------------------------ gzip, as Next compresses
+    def assertSameAsNextDecoded(self, edge, nxt, what):
+        """assertSameAsNext on the decoded bodies, and the same coding: the
+        edge's gzip bytes need not be Node's (another zlib build)."""
+        v = self.VARIANT
+        self.assertEqual(edge.h("content-encoding"), nxt.h("content-encoding"), "%s %s" % (v, what))
+        dec = []
+        for r in (edge, nxt):
+            body = r.body
+            if r.h("content-encoding") == "gzip":
+                body = gzip.decompress(body)
+            elif r.h("content-encoding") == "deflate":
+                body = zlib.decompress(body)
+            dec.append(nf.Response(r.status, [(k, x) for k, x in r.header_list
+                                              if k != "content-length"], body))
+        self.assertSameAsNext(dec[0], dec[1], what)
+
+    def test_08g_gzip_where_next_compresses(self):
+        """Next (compress: true) answers gzip to a client that prefers it:
+        so does the edge, from the page's gzip copy made once, through the
+        delivery server. Other codings: as Next chooses them, or the origin."""
+        v, a, path = self.VARIANT, self.a, "/fr/products/lamp"
+        hit = self.warm_hit(a, path)
+        self.assertGreaterEqual(len(hit.body), 1024, v)
+        n0, g0 = a.origin_requests(), a.spoa_stat()["gzip_answers"]
+        for ae in ("gzip, deflate, br, zstd", "deflate, gzip", "br;q=1, gzip;q=0.8",
+                   "*", "GZIP;q=0.5, identity;q=0.4"):
+            r = a.get(path, {"Accept-Encoding": ae})
+            self.assertEqual((r.status, r.cache, r.h("content-encoding")), (200, "HIT", "gzip"),
+                             "%s %r: %r" % (v, ae, r))
+            self.assertEqual(gzip.decompress(r.body), hit.body, "%s %r" % (v, ae))
+            nxt = nf.http_request(self.next.port, path, {"Accept-Encoding": ae})
+            self.assertSameAsNextDecoded(r, nxt, "gzip HIT vs Next (%s)" % ae)
+        self.assertEqual(a.origin_requests(), n0, "%s: a gzip HIT reached Next" % v)
+        self.assertGreaterEqual(a.spoa_stat()["gzip_answers"], g0 + 5, v)
+        # Next answers these uncompressed, and so does the edge.
+        for ae in ("gzip;q=0", "identity", "gzip;q=0.5, identity", "br", "", "x-gzip"):
+            r = a.get(path, {"Accept-Encoding": ae})
+            self.assertEqual((r.status, r.cache, r.h("content-encoding")), (200, "HIT", None),
+                             "%s %r: %r" % (v, ae, r))
+            nxt = nf.http_request(self.next.port, path, {"Accept-Encoding": ae})
+            self.assertSameAsNextDecoded(r, nxt, "identity HIT vs Next (%s)" % ae)
+        # HEAD is never compressed; a 304 has no body to compress.
+        r = a.get(path, {"Accept-Encoding": "gzip"}, method="HEAD")
+        self.assertEqual((r.status, r.cache, r.h("content-encoding"), r.body), (200, "HIT", None, b""), v)
+        r = a.get(path, {"Accept-Encoding": "gzip", "If-None-Match": hit.h("etag")})
+        self.assertEqual((r.status, r.cache, r.h("content-encoding")), (304, "HIT", None), v)
+        self.assertEqual(a.origin_requests(), n0, v)
+        # Deflate (Next would send it) and two Accept-Encoding lines (the edge
+        # sees only the last one): to the origin, which answers as Next does.
+        r = a.get(path, {"Accept-Encoding": "deflate"})
+        self.assertEqual((r.status, r.cache, r.h("content-encoding")), (200, "MISS", "deflate"),
+                         "%s: %r" % (v, r))
+        self.assertEqual(zlib.decompress(r.body), hit.body, v)
+        self.assertEqual(a.origin_requests(), n0 + 1, v)
+        c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=5)
+        try:
+            c.putrequest("GET", path, skip_accept_encoding=True)
+            c.putheader("Accept-Encoding", "gzip;q=0")
+            c.putheader("Accept-Encoding", "identity")
+            c.endheaders()
+            r2 = c.getresponse()
+            r2.read()
+            self.assertEqual((r2.status, r2.getheader("x-cedra-cache")), (200, "MISS"), v)
+        finally:
+            c.close()
+        self.assertEqual(a.origin_requests(), n0 + 2, v)
 
     # ------------------------------------------------------------ 5. the biggest page
     def test_08_big_page_from_the_edge_byte_identical(self):

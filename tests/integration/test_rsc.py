@@ -22,6 +22,7 @@ HAProxy's stot counter of storefront_stable/origin, as in test_nextjs.py.
 """
 
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -405,6 +406,37 @@ class _RscEdge(object):
                                  "%s %s: %r" % (self.VARIANT, name, r))
                 self.assertEqual(r.body, body, "%s %s" % (self.VARIANT, name))
                 self.assertSameAsNext(r, self.direct(target, headers), name)
+
+
+    # ------------------------------------------------------------ 8. gzip
+    def test_08_gzip_where_next_compresses(self):
+        """A browser's Accept-Encoding: Next compresses the RSC payloads it
+        would (text/x-component, at least 1 KiB), the edge too, with the
+        same headers; decoded, the bytes Next stored."""
+        path, ae = "/fr/products/chair", {"Accept-Encoding": "gzip, deflate, br, zstd"}
+        self.warm(path)
+        cases = [("navigation",) + navigation(path)]
+        segments = self.stored_segments(path)
+        for seg in sorted(segments):
+            cases.append(("segment %s" % seg,) + segment_prefetch(path, seg))
+        coded = 0
+        for name, target, headers in cases:
+            with self.subTest(variant=self.VARIANT, request=name):
+                h = dict(headers, **ae)
+                r = self.edge_hit(target, h, name)
+                nxt = self.direct(target, h)
+                self.assertEqual(r.h("content-encoding"), nxt.h("content-encoding"),
+                                 "%s %s: %r vs Next %r" % (self.VARIANT, name, r, nxt))
+                bodies = [gzip.decompress(x.body) if x.h("content-encoding") == "gzip" else x.body
+                          for x in (r, nxt)]
+                coded += r.h("content-encoding") == "gzip"
+                strip = [nf.Response(x.status, [(k, y) for k, y in x.header_list
+                                                if k not in ("content-length", "content-encoding")], b)
+                         for x, b in zip((r, nxt), bodies)]
+                self.assertSameAsNext(strip[0], strip[1], name + " (gzip)")
+        # The navigation payload of this page is over 1 KiB: at least it is coded.
+        self.assertGreaterEqual(len(self.stored_rsc(path)), 1024, self.VARIANT)
+        self.assertGreaterEqual(coded, 1, self.VARIANT)
 
 
 class RscV16Test(_RscEdge, harness.IntegrationTestCase):

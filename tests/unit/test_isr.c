@@ -15,6 +15,9 @@
 
 #include <cmocka.h>
 
+#include <zlib.h>
+
+#include "gzip.h"
 #include "isr.h"
 
 static const char *const variants[] = {"v16", "v15", "v1637"};
@@ -1547,6 +1550,109 @@ static void test_err_str(void **state)
     assert_string_equal(isr_err_str(ISR_POSTPONED), "postponed");
 }
 
+/* ---- gzip copies (isr_entry_encode) ------------------------------------------ */
+
+static void assert_gunzips_to(const struct isr_coded *gz, const void *plain, size_t len)
+{
+    unsigned char *out = malloc(len + 1);
+    z_stream zs = {0};
+
+    assert_non_null(out);
+    assert_non_null(gz->data);
+    assert_int_equal(inflateInit2(&zs, 15 + 16), Z_OK);
+    zs.next_in = (Bytef *)(uintptr_t)gz->data;
+    zs.avail_in = (uInt)gz->len;
+    zs.next_out = out;
+    zs.avail_out = (uInt)len + 1;
+    assert_int_equal(inflate(&zs, Z_FINISH), Z_STREAM_END);
+    assert_int_equal(zs.total_out, len);
+    assert_int_equal(zs.avail_in, 0);
+    inflateEnd(&zs);
+    assert_memory_equal(out, plain, len);
+    free(out);
+}
+
+static int failing_encoder(const void *in, size_t len, unsigned char **out, size_t *outlen,
+                           void *ud)
+{
+    (void)in;
+    (void)len;
+    (void)out;
+    (void)outlen;
+    ++*(int *)ud;
+    return -1;
+}
+
+static void test_encode_gzip(void **state)
+{
+    unsigned coded = 0, small = 0;
+
+    need_fixtures();
+    rsc_dir = rsc_dirs[0];
+    for (size_t v = 0; v < NVARIANTS; v++) {
+        struct isr_entry *e = load_rsc_entry(variants[v]);
+        int level = 6, calls = 0;
+        size_t mem;
+
+        if (e == NULL)
+            continue;
+        /* A failing encoder: -1, nothing made, nothing charged. */
+        mem = e->mem;
+        assert_int_equal(isr_entry_encode(e, failing_encoder, &calls), -1);
+        assert_true(calls >= 1);
+        assert_null(e->body_gz.data);
+        assert_null(e->rsc_gz.data);
+        assert_int_equal(e->mem, mem);
+
+        assert_int_equal(isr_entry_encode(e, gzip_encode, &level), 0);
+        assert_true(e->body_len >= ISR_COMPRESS_MIN);
+        assert_gunzips_to(&e->body_gz, e->body, e->body_len);
+        assert_true(e->body_gz.len < e->body_len);
+        /* RSC payloads and segments: whatever their size, as Next. */
+        assert_gunzips_to(&e->rsc_gz, e->rsc, e->rsc_len);
+        for (size_t i = 0; e->segments && i < e->nsegments; i++) {
+            const struct isr_segment *sg = &e->segments[i];
+
+            assert_gunzips_to(&sg->gz, sg->data, sg->len);
+            coded++;
+            small += sg->len < ISR_COMPRESS_MIN;
+        }
+        assert_true(e->mem > mem + e->body_gz.len);
+        /* Once: a second call makes nothing more. */
+        mem = e->mem;
+        calls = 0;
+        assert_int_equal(isr_entry_encode(e, failing_encoder, &calls), 0);
+        assert_int_equal(e->mem, mem);
+        isr_entry_free(e);
+    }
+    print_message("gzip copies: %u segments coded, %u of them under %d bytes\n", coded, small,
+                  ISR_COMPRESS_MIN);
+    assert_true(coded > 0 && small > 0);
+    (void)state;
+}
+
+static void test_gzip_encode_levels(void **state)
+{
+    static const char text[] = "<p>cedra</p><p>cedra</p><p>cedra</p><p>cedra</p><p>cedra</p>";
+    struct isr_coded c;
+    unsigned char *out;
+    size_t n;
+    int bad[] = {0, 10, -1};
+
+    for (int level = 1; level <= 9; level++) {
+        assert_int_equal(gzip_encode(text, sizeof(text) - 1, &out, &n, &level), 0);
+        /* RFC 1952: magic, deflate, no flags; Node writes OS 3 (Unix) too. */
+        assert_true(n > 18 && out[0] == 0x1f && out[1] == 0x8b && out[2] == 8 && out[3] == 0);
+        c.data = out;
+        c.len = n;
+        assert_gunzips_to(&c, text, sizeof(text) - 1);
+        free(out);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(gzip_encode(text, sizeof(text) - 1, &out, &n, &bad[i]), -1);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1582,6 +1688,8 @@ int main(void)
         cmocka_unit_test(test_rsc_headers),
         cmocka_unit_test(test_rsc_param_vectors),
         cmocka_unit_test(test_err_str),
+        cmocka_unit_test(test_encode_gzip),
+        cmocka_unit_test(test_gzip_encode_levels),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
