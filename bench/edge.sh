@@ -40,6 +40,12 @@
 #      check, then the body from HAProxy's cache keyed by the version: what
 #      skipping the agent for hot pages would buy (the map is a static file
 #      here; keeping it exact is the part the probe does not do)
+#   Z  B with a browser's Accept-Encoding ("gzip, deflate, br, zstd"): the
+#      page in gzip, as Next.js sends it, from the lane's gzip copy
+#   Y  J with the same Accept-Encoding: every request through SPOE, the gzip
+#      copy (made once) through cedra-spoa's delivery server (a binary body
+#      cannot go into "http-request return"). Z and Y only when the binary
+#      answers gzip (gzip-level)
 #   S  A's static return behind the shipped SPOE filter and message, with
 #      "bench/fake_spoa.py --minimal" answering one variable: the SPOE exchange
 #      alone, the ceiling of B/A and B/D for any agent on this HAProxy
@@ -62,7 +68,7 @@
 #   CEDRA_BENCH_ORIGIN       1: set up (setup.sh v16, may build for minutes)
 #                            and run E; 0: never; unset: run E if the v16
 #                            fixture is already built
-#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHJKLS]
+#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHJKLSYZ]
 #   CEDRA_BENCH_KEEP=1       keep the temporary directory (logs, raw outputs)
 #   CEDRA_SPOA               cedra-spoa binary       [build/spoa/cedra-spoa]
 # Total time without E: ~20 s of setup and checks, then (10 wrk variants + F) x
@@ -83,7 +89,8 @@ wrk_t=${CEDRA_BENCH_WRK_THREADS:-2}
 conns=${CEDRA_BENCH_CONNECTIONS:-50}
 nbthread=${CEDRA_BENCH_NBTHREAD:-2}
 spoa_threads=${CEDRA_BENCH_SPOA_THREADS:-2}
-variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHJKLS}
+variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHJKLSYZ}
+gzip_ae="gzip, deflate, br, zstd" # Chrome's and Firefox's
 origin_mode=${CEDRA_BENCH_ORIGIN:-auto}
 path=/fr/products/chair
 fixture=$repo/tests/fixtures/storefront
@@ -135,6 +142,13 @@ wait_port() { # NAME PORT [SECONDS]
 read -r p_redis p_stub p_spoa p_deliver p_a p_b p_c p_d p_oredis p_next p_fake p_g p_spoa0 p_deliver0 p_h \
     p_fake_s p_s p_fake_k p_k p_fill p_l p_lfill p_spoaj p_deliverj p_j < <("${util[@]}" ports 25)
 [[ $variants == *G* && $variants != *B* ]] && variants=${variants//G/}   # G replays B's agent
+[[ $variants == *Z* && $variants != *B* ]] && variants=${variants//Z/}   # Z and Y: B's and J's stacks
+[[ $variants == *Y* && $variants != *J* ]] && variants=${variants//Y/}
+printf 'listen 127.0.0.1:%s\ngzip-level 6\n' "$p_spoa0" >"$tmp/gzip-probe.conf"
+if ! "$spoa_bin" -c -f "$tmp/gzip-probe.conf" >/dev/null 2>&1 && [[ $variants == *[YZ]* ]]; then
+    log "Y and Z skipped: $spoa_bin does not answer gzip (no gzip-level)"
+    variants=${variants//[YZ]/}
+fi
 # H: cedra-spoa with its L1 off, if it has one.
 printf 'listen 127.0.0.1:%s\nl1-size 0\n' "$p_spoa0" >"$tmp/l1-probe.conf"
 if "$spoa_bin" -c -f "$tmp/l1-probe.conf" >/dev/null 2>&1; then
@@ -261,7 +275,7 @@ has C && start hap_c env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=0 CE
 has D && start hap_d env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=1 CEDRA_HTTP_BIND="127.0.0.1:$p_d" \
     haproxy -db -f "$here/lua/haproxy-lua.cfg"
 
-declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l [J]=$p_j)
+declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l [J]=$p_j [Z]=$p_b [Y]=$p_j)
 wait_port stub "$p_stub"
 for v in A B C D G H J S K L; do
     if has $v; then wait_port "hap_${v,,}" "${port[$v]}"; fi
@@ -296,7 +310,7 @@ fi
 if has D; then
     python3 "$here/lua/exact_check.py" "${port[D]}" "$p_redis" "$tmp/key" >&2 || die "D is not exact"
 fi
-for v in A B C D G H J S K L; do
+for v in A B C D G H J S K L Y Z; do
     has $v && "${util[@]}" verify "$v" "${port[$v]}" "$tmp" 200 >&2
 done
 
@@ -305,6 +319,8 @@ declare -A procs=()
 has A && procs[A]="haproxy=$pid_hap_a"
 has B && procs[B]="haproxy=$pid_hap_b cedra-spoa=$pid_spoa valkey=$pid_redis"
 has J && procs[J]="haproxy=$pid_hap_j cedra-spoa=$pid_spoaj valkey=$pid_redis"
+has Z && procs[Z]=${procs[B]}
+has Y && procs[Y]=${procs[J]}
 has C && procs[C]="haproxy=$pid_hap_c valkey=$pid_redis"
 has D && procs[D]="haproxy=$pid_hap_d valkey=$pid_redis"
 has G && procs[G]="haproxy=$pid_hap_g fake-agent=$pid_fake"
@@ -315,7 +331,9 @@ has H && procs[H]="haproxy=$pid_hap_h cedra-spoa=$pid_spoa0 valkey=$pid_redis"
 has E && procs[E]="next=$pid_next valkey=$pid_oredis"
 
 run_wrk() { # VARIANT SECONDS OUTFILE
-    wrk -t"$wrk_t" -c"$conns" -d"$2s" --latency "http://127.0.0.1:${port[$1]}$path" >"$3"
+    local ae=()
+    [[ $1 == [YZ] ]] && ae=(-H "Accept-Encoding: $gzip_ae")
+    wrk -t"$wrk_t" -c"$conns" -d"$2s" --latency "${ae[@]}" "http://127.0.0.1:${port[$1]}$path" >"$3"
 }
 rb_n=100000
 run_rb() { # OUTFILE
@@ -323,7 +341,7 @@ run_rb() { # OUTFILE
 }
 
 log "warm-up: ${warm}s per variant"
-for v in A B C D E G H J S K L; do
+for v in A B C D E G H J S K L Y Z; do
     has $v && run_wrk $v "$warm" "$tmp/warm.$v"
 done
 if has F; then
@@ -334,7 +352,7 @@ if has F; then
 fi
 
 order=""
-for v in A B C D E F G H J S K L; do has $v && order+=$v; done
+for v in A B C D E F G H J S K L Y Z; do has $v && order+=$v; done
 spoa_before="" spoa0_before="" spoaj_before=""
 has B && spoa_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa.sock")
 has H && spoa0_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")

@@ -22,6 +22,7 @@ ETag and operator-socket commands are tests/integration's).
 """
 
 import glob
+import gzip
 import http.client
 import json
 import os
@@ -246,8 +247,11 @@ def seed(rport, out):
         PREFIX + ROUTE_KEY, len(raw), len(body), REVALIDATE))
 
 
-def get(conn):
-    conn.request("GET", PATH)
+GZIP_AE = "gzip, deflate, br, zstd"
+
+
+def get(conn, ae=None):
+    conn.request("GET", PATH, headers={"Accept-Encoding": ae} if ae else {})
     r = conn.getresponse()
     return r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read()
 
@@ -257,12 +261,18 @@ def verify(label, port, out, n):
         body = f.read()
     with open(os.path.join(out, "expected.json")) as f:
         expected = json.load(f)
+    # Y and Z: a browser's Accept-Encoding; Next answers gzip, Content-Length
+    # that of the gzip bytes (which need not be Node's: compared decoded).
+    ae = GZIP_AE if label in "YZ" else None
+    if ae:
+        expected = dict(expected, **{"content-encoding": "gzip"})
+        expected.pop("content-length", None)
     # The first requests may pass while cedra-spoa connects to Valkey.
     deadline = time.monotonic() + 15
     while True:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            st, hdrs, got = get(c)
+            st, hdrs, got = get(c, ae)
             c.close()
             if st == 200 and dict(hdrs).get("x-cedra-cache") == "HIT":
                 break
@@ -274,9 +284,17 @@ def verify(label, port, out, n):
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(4)]
     bad = []
     for i in range(n):
-        st, hdrs, got = get(conns[i % len(conns)])
+        st, hdrs, got = get(conns[i % len(conns)], ae)
         names = [k for k, _ in hdrs]
         d = dict(hdrs)
+        if ae:
+            d.pop("date", None)  # the delivery server's (Next sends one too)
+            if int(d.pop("content-length", -1)) != len(got):
+                bad.append("content-length is not the gzip body's")
+            try:
+                got = gzip.decompress(got)
+            except (OSError, EOFError) as e:
+                bad.append("not gzip: %r" % e)
         if st != 200:
             bad.append("status %d" % st)
         if got != body:
@@ -290,8 +308,8 @@ def verify(label, port, out, n):
             sys.exit("%s: response %d of %d: %s" % (label, i + 1, n, "; ".join(bad)))
     for c in conns:
         c.close()
-    print("%s: %d/%d responses 200, body byte-identical (%d bytes), the %d headers Next.js sends + x-cedra-*, x-cedra-cache HIT" % (
-        label, n, n, len(body), len(expected)))
+    print("%s: %d/%d responses 200, body byte-identical (%d bytes%s), the %d headers Next.js sends + x-cedra-*, x-cedra-cache HIT" % (
+        label, n, n, len(body), ", decoded from gzip" if ae else "", len(expected)))
 
 
 def verify_origin(port, seconds):
@@ -422,6 +440,8 @@ NAMES = {
     "A": "HAProxy http-request return file (static limit)",
     "B": "HAProxy (shipped cfg) + cedra-spoa",
     "J": "B with the fast lane off: SPOE on every request",
+    "Z": "B, browser Accept-Encoding: gzip (lane's gzip copy)",
+    "Y": "J, browser Accept-Encoding: gzip (delivery server)",
     "H": "HAProxy (shipped cfg) + cedra-spoa, l1-size 0 (Valkey path)",
     "C": "HAProxy + Lua, Valkey per request (core.tcp pool)",
     "D": "HAProxy + Lua, per-thread table cache",
@@ -469,7 +489,7 @@ def report(d, title):
         print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
     print()
     print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
-    for v in "ABJHCDEGSKL":
+    for v in "ABZJYHCDEGSKL":
         rs = wrk.get(v)
         if not rs:
             continue
@@ -497,6 +517,12 @@ def report(d, title):
             ("J/D", "J", "D", "SPOE on every request (lane off)"),
             ("J/C", "J", "C", "SPOE on every request (lane off)"),
             ("B/J", "B", "J", "lane on vs off"),
+            ("Z/A", "Z", "A", "browser (gzip), lane on"),
+            ("Z/D", "Z", "D", "browser (gzip), lane on"),
+            ("Z/B", "Z", "B", "gzip vs identity, lane on"),
+            ("Y/A", "Y", "A", "browser (gzip), lane off"),
+            ("Y/D", "Y", "D", "browser (gzip), lane off"),
+            ("Y/J", "Y", "J", "gzip (delivery) vs identity (return)"),
             ("G/A", "G", "A", "HAProxy side, agent ~free"),
             ("S/A", "S", "A", "SPOE exchange alone: ceiling of B/A"),
             ("S/D", "S", "D", "SPOE exchange alone: ceiling of B/D"),
@@ -518,7 +544,7 @@ def report(d, title):
         print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
         print("sent, all rounds; wrk's own CPU not included):")
         cost = {}
-        for v in "ABJHCDEGSKL":
+        for v in "ABZJYHCDEGSKL":
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
@@ -531,6 +557,10 @@ def report(d, title):
                                    ("B/H", "B", "H", "L1 on vs off"),
                                    ("J/A", "J", "A", "lane off"), ("J/D", "J", "D", "lane off"),
                                    ("J/C", "J", "C", "lane off"),
+                                   ("Z/A", "Z", "A", "gzip, lane on"),
+                                   ("Z/D", "Z", "D", "gzip, lane on"),
+                                   ("Y/A", "Y", "A", "gzip, lane off"),
+                                   ("Y/J", "Y", "J", "gzip vs identity, lane off"),
                                    ("G/A", "G", "A", "HAProxy side, agent ~free"),
                                    ("G/D", "G", "D", ""), ("G/C", "G", "C", ""),
                                    ("S/A", "S", "A", "ceiling of B/A with SPOE"),
@@ -549,9 +579,11 @@ def report(d, title):
                 h0, t0, h1, t1 = (int(x) for x in f.read().split())
         except (OSError, ValueError):
             continue
-        sent = sum(r["requests"] for r in wrk.get(v, []))
+        # Z runs on B's stack and Y on J's: their requests count there too.
+        also = {"B": "Z", "J": "Y"}.get(v, "")
+        sent = sum(r["requests"] for x in v + also for r in wrk.get(x, []))
         print("cedra-spoa during the %s rounds: %d decisions, %d edge HIT; wrk sent %d requests" % (
-            v, t1 - t0, h1 - h0, sent))
+            "+".join(x for x in v + also if x in wrk), t1 - t0, h1 - h0, sent))
 
 
 def main():

@@ -301,6 +301,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     enum MHD_Result rc;
     unsigned status;
 
+    /* Answer on the second call, once MHD has the whole request: a response
+     * queued from the first one (headers only) makes MHD close the
+     * connection after it, and HAProxy would then open one per page. */
+    if (*con_cls == NULL) {
+        static int seen;
+
+        *con_cls = &seen;
+        return MHD_YES;
+    }
+    if (*upload_size != 0) {
+        *upload_size = 0; /* a body on a GET: read and ignored */
+        return MHD_YES;
+    }
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return simple(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
     if (strncmp(url, LANE_FILL_PREFIX, strlen(LANE_FILL_PREFIX)) == 0)

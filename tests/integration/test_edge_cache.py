@@ -251,6 +251,34 @@ class EdgeCacheTest(HaproxyCase):
         st, hdrs, got = self.get("/fr/products/big", {"X-Cedra-Token": "0" * 32})
         self.assertEqual((st, len(got)), (200, len(body)))
 
+    def test_gzip_answers_keep_their_delivery_connections(self):
+        """A browser's Accept-Encoding: the page in gzip (Next compresses it),
+        through the delivery server, over connections HAProxy keeps: the
+        delivery server must not close one after each page."""
+        import gzip
+        import http.client
+        from test_haproxy import stat_row
+        self.put_page("chair", aged(self.chair, 1))
+        self.wait_hit("/fr/products/chair")
+        html = self.chair["value"]["html"].encode()
+        c = http.client.HTTPConnection("127.0.0.1", self.hap.port, timeout=5 * SF)
+        try:
+            for _ in range(30):
+                c.request("GET", "/fr/products/chair", headers={"Accept-Encoding": "gzip, deflate, br"})
+                r = c.getresponse()
+                body = r.read()
+                self.assertEqual((r.status, r.getheader("x-cedra-cache"), r.getheader("content-encoding")),
+                                 (200, "HIT", "gzip"))
+                self.assertIsNone(r.getheader("x-origin"))
+                self.assertEqual(gzip.decompress(body), html)
+                self.assertLess(len(body), len(html) // 2)
+                self.assertEqual(r.getheader("etag"), self.next_headers["etag"])
+        finally:
+            c.close()
+        row = stat_row(self.hap.sock, "cedra_deliver", "deliver1")
+        self.assertGreaterEqual(int(row["reuse"]), 25, row)
+        self.assertLessEqual(int(row["connect"]), 5, row)
+
     def test_page_of_the_configured_maximum_size(self):
         """isr-max-body is 2 MiB in this stack: a page of exactly that size is
         served from the edge byte for byte; one byte more goes to the origin."""
