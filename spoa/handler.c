@@ -815,8 +815,12 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
                                       .gzip = true};
 
             put_who(w, p->conf, &p->who);
-            if (h->deliver && deliver_fits(p, e) && put_deliver(h, p, w, hd, &it, state, nm, c))
-                return;
+            if (h->deliver && deliver_fits(p, e)) {
+                /* Before put_deliver(): the reference moves to the parked item. */
+                lane_offer(h, p, hd, state, nm);
+                if (put_deliver(h, p, w, hd, &it, state, nm, c))
+                    return;
+            }
         }
         if (ac != ANSWER_IDENTITY) {
             wbuf_for(h, p->req, w);
@@ -842,10 +846,9 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
         struct deliver_item it = {
             .entry = e, .variant = ISR_HTML, .body = e->body, .body_len = e->body_len};
 
-        if (put_deliver(h, p, w, hd, &it, state, nm, c)) {
-            lane_offer(h, p, hd, state, nm);
+        lane_offer(h, p, hd, state, nm);
+        if (put_deliver(h, p, w, hd, &it, state, nm, c))
             return;
-        }
     }
     /* Not reproducible here (unknown header, odd status...): the origin serves it. */
     log_debug("edge_unservable", "worker=%u status=%d body=%zu", h->id, e->status, e->body_len);

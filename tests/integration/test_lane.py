@@ -229,6 +229,21 @@ class LaneTest(HaproxyCase):
         self.assertTrue(skipped)
         self.assertEqual((st, hdrs.get("content-encoding"), body), (200, None, self.html))
 
+    def test_gzip_clients_alone_put_a_page_on_the_lane(self):
+        """Browsers all send Accept-Encoding: a page only they ask for
+        (answered in gzip through the delivery server) goes on the lane too."""
+        self.put_page("sofa", lived(self.chair, 1))
+        self.lane_open()
+        ae = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+
+        def laned():
+            (st, hdrs, body), skipped = self.on_lane("/fr/products/sofa", ae)
+            return skipped and st == 200 and hdrs.get("content-encoding") == "gzip"
+        harness.wait_until(laned, 10 * SF, interval=0.02, what="the gzip-only page on the lane")
+        (st, hdrs, body), skipped = self.on_lane("/fr/products/sofa", ae)
+        self.assertTrue(skipped)
+        self.assertEqual(gzip.decompress(body), self.html)
+
     def test_valkey_changes_take_the_page_off_the_lane(self):
         key, path = self.hot()
         self.assertEqual(redis_cmd(self.rport, "DEL", PREFIX + key), 1)
