@@ -590,8 +590,6 @@ enum answer_coding {
     ANSWER_ORIGIN, /* the edge cannot send it as Next would (deflate, doubt) */
 };
 
-/* `compression` leaves alone a response whose Cache-Control has the
- * no-transform directive: /(?:^|,)\s*?no-transform\s*?(?:,|$)/. */
 /* m[0..len), blanks around it aside, is lit. */
 static bool trimmed_is(const char *m, size_t len, const char *lit)
 {
@@ -604,6 +602,8 @@ static bool trimmed_is(const char *m, size_t len, const char *lit)
     return len == strlen(lit) && memcmp(m, lit, len) == 0;
 }
 
+/* `compression` leaves alone a response whose Cache-Control has the
+ * no-transform directive: /(?:^|,)\s*?no-transform\s*?(?:,|$)/. */
 static bool no_transform(const struct isr_headers *hs)
 {
     for (size_t i = 0; i < hs->n; i++) {
