@@ -21,7 +21,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential autoconf automake libtool pkg-config \
       libev-dev libhiredis-dev libjansson-dev libcurl4-openssl-dev \
-      libmicrohttpd-dev libcmocka-dev \
+      libmicrohttpd-dev zlib1g-dev libcmocka-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -37,7 +37,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # cap_net_bind_service (Docker's default capability set allows it).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      haproxy libev4 libhiredis0.14 libjansson4 libcurl4 libmicrohttpd12 \
+      haproxy libev4 libhiredis0.14 libjansson4 libcurl4 libmicrohttpd12 zlib1g \
       ca-certificates socat libcap2-bin \
  && setcap cap_net_bind_service=+ep /usr/sbin/haproxy \
  && apt-get purge -y --auto-remove libcap2-bin \
