@@ -625,17 +625,19 @@ static bool no_transform(const struct isr_headers *hs)
     return false;
 }
 
-/* What Next's `compression` does with an answer of len bytes and these
- * headers (a 200/404 with a body; a 304 is never coded): compresses it
- * when Next's compress option is on, the Cache-Control allows it, the
- * HTML is at least ISR_COMPRESS_MIN bytes (an RSC payload or segment has
- * no Content-Length for the threshold to apply to) and the client's
- * Accept-Encoding picks gzip (or deflate). The edge answers gzip from the
- * entry's gzip copy (gz), made when it was read. */
+/* What Next's `compression` does with an answer of len bytes (a 200/404
+ * with a body; a 304 is never coded): compresses it when Next's compress
+ * option is on, the HTML is at least ISR_COMPRESS_MIN bytes (an RSC payload
+ * or segment has no Content-Length for the threshold to apply to) and the
+ * client's Accept-Encoding picks gzip (or deflate), unless its Cache-Control
+ * says no-transform: the caller checks that when this is not
+ * ANSWER_IDENTITY, so that the usual identity answer builds no headers for
+ * it. The edge answers gzip from the entry's gzip copy (gz), made when it
+ * was read. */
 static enum answer_coding answer_coding(const struct pending *p, enum isr_variant v, size_t len,
-                                        const struct isr_coded *gz, const struct isr_headers *hs)
+                                        const struct isr_coded *gz)
 {
-    if (!p->conf->isr.compress || (v == ISR_HTML && len < ISR_COMPRESS_MIN) || no_transform(hs))
+    if (!p->conf->isr.compress || (v == ISR_HTML && len < ISR_COMPRESS_MIN))
         return ANSWER_IDENTITY;
     if (!p->coding_ok)
         return ANSWER_ORIGIN;
@@ -733,7 +735,10 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
         const struct isr_segment *sg =
             it.variant == ISR_SEGMENT ? isr_segment_find(e, p->segment, p->segment_len) : NULL;
         enum answer_coding ac =
-            answer_coding(p, it.variant, it.body_len, sg ? &sg->gz : &e->rsc_gz, &hs);
+            answer_coding(p, it.variant, it.body_len, sg ? &sg->gz : &e->rsc_gz);
+
+        if (ac != ANSWER_IDENTITY && no_transform(&hs))
+            ac = ANSWER_IDENTITY;
 
         if (ac == ANSWER_GZIP) {
             it.body = sg ? sg->gz.data : e->rsc_gz.data;
@@ -803,9 +808,14 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
     nm = p->conditional && isr_if_none_match(p->inm, p->inm_len, e->etag);
     if (!nm) {
         struct isr_headers hs;
-        enum answer_coding ac = isr_headers(e, state, false, &p->conf->isr, &hs) < 0
-                                    ? ANSWER_ORIGIN
-                                    : answer_coding(p, ISR_HTML, e->body_len, &e->body_gz, &hs);
+        enum answer_coding ac = answer_coding(p, ISR_HTML, e->body_len, &e->body_gz);
+
+        if (ac != ANSWER_IDENTITY) {
+            if (isr_headers(e, state, false, &p->conf->isr, &hs) < 0)
+                ac = ANSWER_ORIGIN; /* not servable: as put_edge() would find */
+            else if (no_transform(&hs))
+                ac = ANSWER_IDENTITY;
+        }
 
         if (ac == ANSWER_GZIP) {
             struct deliver_item it = {.entry = e,
