@@ -455,11 +455,12 @@ class Env(object):
         return proc
 
     # ---- haproxy
-    def start_origin(self, port=None):
-        """A second HAProxy that plays the storefront: 200 "origin", x-origin: 1."""
+    def start_origin(self, port=None, name="origin"):
+        """A second HAProxy that plays the storefront: 200 <name> ("origin"),
+        x-origin: 1, and x-xff-count: how many X-Forwarded-For lines came."""
         require_tool(haproxy_bin())
         port = port or free_port()
-        cfg = self.write("origin.cfg", (
+        cfg = self.write(name + ".cfg", (
             "global\n"
             "    nbthread 1\n"
             "    maxconn 2000\n"
@@ -470,9 +471,9 @@ class Env(object):
             "    timeout connect 2s\n"
             "frontend origin\n"
             "    bind 127.0.0.1:%d\n"
-            "    http-request return status 200 content-type text/plain string \"origin\""
-            " hdr x-origin 1\n") % port)
-        proc = self.spawn("origin", [haproxy_bin(), "-db", "-f", cfg])
+            "    http-request return status 200 content-type text/plain string \"%s\""
+            " hdr x-origin 1 hdr x-xff-count \"%%[req.fhdr_cnt(x-forwarded-for)]\"\n") % (port, name))
+        proc = self.spawn(name, [haproxy_bin(), "-db", "-f", cfg])
         proc.expect_rc = HAPROXY_STOP_RC
         proc.port = port
         self.wait_ready(proc, lambda: tcp_connectable("127.0.0.1", port), 10, "port %d" % port)

@@ -459,7 +459,7 @@ class AgentTest(harness.IntegrationTestCase):
         self.assertEqual(load.fail, 0, load.errors[:5])
         self.assertTrue({"o1", "o2", "o3"} & set(load.by), load.by)
         row = harness.servers_state(self.hsock, "storefront_canary")
-        self.assertTrue(all(r["state"] == "maint" for r in row.values()), row)
+        self.assertTrue(all(r["state"] == "maint" for k, r in row.items() if k != "relay"), row)
 
     def test_06_consul_faults_keep_the_pools(self):
         self.baseline()
@@ -831,7 +831,12 @@ frontend fe_http
     bind 127.0.0.1:%(port)d
     # cedra-spoa sets txn.cedra.pool; here a header plays its part
     http-request set-var(txn.cedra.pool) str(canary) if { req.hdr(x-test-pool) -m str canary }
-    use_backend storefront_canary if { var(txn.cedra.pool) -m str canary } { nbsrv(storefront_canary) gt 0 }
+    use_backend storefront_canary if { var(txn.cedra.pool) -m str canary }
+    default_backend storefront_stable
+
+# as in haproxy/haproxy.cfg: a canary pool with no usable server relays to stable
+frontend cedra_relay
+    bind abns@cedra-relay:%(sock)s
     default_backend storefront_stable
 
 backend storefront_stable
@@ -847,6 +852,7 @@ backend storefront_canary
     option forwardfor
     default-server check inter 1s fall 3 rise 2
     server-template canary 1-%(canary)d 0.0.0.0:0 disabled
+    server relay abns@cedra-relay:%(sock)s backup no-check
 """
 
 AGENT_CONF = """\
