@@ -92,6 +92,8 @@ struct request {
     /* Cache-Control lines: the same, for the no-cache that makes Next answer 200. */
     int64_t cache_control_headers;
     struct str accept_language;
+    /* Accept-Language lines: Next.js reads them all (Node joins them). */
+    int64_t accept_language_headers;
     /* Accept-Encoding, and its lines: HAProxy hands over only the last. */
     struct str accept_encoding;
     int64_t accept_encoding_headers;
@@ -212,6 +214,7 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"authorization", offsetof(struct request, authorization)},
         {"cookie_headers", offsetof(struct request, cookie_headers)},
         {"accept_encoding_headers", offsetof(struct request, accept_encoding_headers)},
+        {"accept_language_headers", offsetof(struct request, accept_language_headers)},
         {"cache_control_headers", offsetof(struct request, cache_control_headers)},
         {"if_modified_since", offsetof(struct request, if_modified_since)},
     };
@@ -362,7 +365,9 @@ static void wbuf_for(struct handler *h, struct spoe_req *req, struct spoe_wbuf *
 }
 
 /* The locale for an unprefixed page: a valid NEXT_LOCALE cookie, then
- * Accept-Language, then the default — the order Next.js itself uses. */
+ * Accept-Language, then the default — the order Next.js itself uses. -1 when
+ * the edge cannot tell: Accept-Language on several lines, of which HAProxy
+ * hands over the last only while Next.js reads them all. */
 static int preferred_locale(const struct request *rq, const struct spoa_conf *conf)
 {
     const char *v;
@@ -372,6 +377,8 @@ static int preferred_locale(const struct request *rq, const struct spoa_conf *co
     if (rq->cookie.len && cookie_get(rq->cookie.p, rq->cookie.len, conf->locale_cookie, &v, &vl) &&
         (loc = locale_find(&conf->locales, v, vl)) >= 0)
         return loc;
+    if (rq->accept_language_headers > 1)
+        return -1;
     if (rq->accept_language.len &&
         (loc = locale_from_accept_language(&conf->locales, rq->accept_language.p,
                                            rq->accept_language.len)) >= 0)
@@ -392,6 +399,8 @@ static bool try_redirect(struct handler *h, const struct request *rq, const stru
     if (!locale_path_redirectable(conf->exclude, conf->nexclude, rq->path.p, rq->path.len))
         return false;
     loc = preferred_locale(rq, conf);
+    if (loc < 0)
+        return false;
     n = locale_redirect_target(target, sizeof(target), conf->locales.name[loc],
                                conf->locales.len[loc], rq->path.p, rq->path.len, rq->query.p,
                                rq->query.len);
