@@ -19,6 +19,7 @@ import faulthandler
 import fnmatch
 import os
 import sys
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +51,17 @@ class RecordingResult(unittest.TextTestResult):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.outcomes = []   # (status, id)
+        # module -> seconds since the previous test ended: its tests and
+        # class fixtures (and the previous class's tearDownClass)
+        self.seconds = {}
+        self._last = time.monotonic()
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        now = time.monotonic()
+        mod = test.id().split(".", 1)[0]
+        self.seconds[mod] = self.seconds.get(mod, 0.0) + now - self._last
+        self._last = now
 
     def _record(self, status, test):
         self.outcomes.append((status, test.id()))
@@ -123,6 +135,10 @@ def main(argv=None):
     for tid in order:
         counts[final[tid]] += 1
         out.write("%s %s\n" % (final[tid], tid))
+    # Where the time goes, slowest module first: the suite must stay well
+    # under CI's budget on 2 cores.
+    for mod, sec in sorted(result.seconds.items(), key=lambda kv: -kv[1])[:8]:
+        out.write("time %s %.0fs\n" % (mod, sec))
     out.write("integration: %d passed, %d failed, %d skipped\n" % (
         counts["PASS"], counts["FAIL"], counts["SKIP"]))
     out.flush()
