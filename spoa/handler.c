@@ -727,22 +727,20 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
     const struct isr_entry *e = hd->e;
     struct deliver_item it = {
         .entry = e, .variant = ISR_RSC, .body = e->rsc, .body_len = e->rsc_len};
+    const struct isr_segment *sg = NULL;
     struct isr_headers hs;
 
     put_who(w, p->conf, &p->who);
     /* Without segmentData (Next 15) Next answers a segment prefetch with
      * the whole payload and the navigation's headers. */
     if (p->variant == ISR_SEGMENT && e->has_segments) {
-        const struct isr_segment *sg = isr_segment_find(e, p->segment, p->segment_len);
-
+        sg = isr_segment_find(e, p->segment, p->segment_len);
         it.variant = ISR_SEGMENT;
         it.body = sg ? sg->data : NULL;
         it.body_len = sg ? sg->len : 0;
     }
     if (h->deliver && it.body && it.body_len <= p->conf->isr.max_body &&
         isr_variant_headers(e, it.variant, state, false, &p->conf->isr, &hs) == 0) {
-        const struct isr_segment *sg =
-            it.variant == ISR_SEGMENT ? isr_segment_find(e, p->segment, p->segment_len) : NULL;
         enum answer_coding ac =
             answer_coding(p, it.variant, it.body_len, sg ? &sg->gz : &e->rsc_gz);
 
