@@ -54,6 +54,7 @@ class RecordingResult(unittest.TextTestResult):
         # module -> seconds since the previous test ended: its tests and
         # class fixtures (and the previous class's tearDownClass)
         self.seconds = {}
+        self.test_seconds = {}
         self._last = time.monotonic()
 
     def stopTest(self, test):
@@ -61,6 +62,7 @@ class RecordingResult(unittest.TextTestResult):
         now = time.monotonic()
         mod = test.id().split(".", 1)[0]
         self.seconds[mod] = self.seconds.get(mod, 0.0) + now - self._last
+        self.test_seconds[test.id()] = self.test_seconds.get(test.id(), 0.0) + now - self._last
         self._last = now
 
     def _record(self, status, test):
@@ -139,6 +141,8 @@ def main(argv=None):
     # under CI's budget on 2 cores.
     for mod, sec in sorted(result.seconds.items(), key=lambda kv: -kv[1])[:8]:
         out.write("time %s %.0fs\n" % (mod, sec))
+    for tid, sec in sorted(result.test_seconds.items(), key=lambda kv: -kv[1])[:8]:
+        out.write("time %s %.0fs\n" % (tid, sec))
     out.write("integration: %d passed, %d failed, %d skipped\n" % (
         counts["PASS"], counts["FAIL"], counts["SKIP"]))
     out.flush()
