@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -445,9 +446,12 @@ class CanaryRelayTest(HaproxyCase):
 
     def setUp(self):
         super().setUp()
+        self.start_pools()
+
+    def start_pools(self, haproxy_env=None):
         # No agent: the SPOE fails and the pin cookie picks the canary pool,
         # the route a canary user takes while cedra-spoa is down.
-        self.start_stack(spoa=False)
+        self.start_stack(spoa=False, haproxy_env=haproxy_env)
         self.canary = self.env.start_origin(name="canary")
         sock = self.hap.sock
         harness.unix_command(sock, "set server storefront_canary/canary1 addr 127.0.0.1 port %d"
@@ -474,6 +478,18 @@ class CanaryRelayTest(HaproxyCase):
         st, h, body = self.get("/fr/p")
         self.assertEqual((st, body), (200, b"origin"))
         self.assertEqual(stat_row(self.hap.sock, "storefront_canary", "relay")["stot"], "2")
+
+    def test_relay_address_from_the_environment(self):
+        """CEDRA_RELAY_ADDR replaces the abstract socket (a name too long for
+        one, or no abstract sockets): here a UNIX socket on disk."""
+        self.env.stop_all()
+        path = self.env.path("relay.sock")
+        self.start_pools({"CEDRA_RELAY_ADDR": "unix@" + path})
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        harness.unix_command(self.hap.sock, "set server storefront_canary/canary1 state maint")
+        st, h, body = self.get("/fr/p", headers=self.PIN)
+        self.assertEqual((st, body, h.get("x-xff-count")), (200, b"origin", "1"), h)
+        self.assertEqual(stat_row(self.hap.sock, "storefront_canary", "relay")["stot"], "1")
 
     def test_last_canary_server_draining_under_load(self):
         """cedra-agent drains the last canary server on another HAProxy thread
