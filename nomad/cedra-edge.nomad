@@ -26,6 +26,7 @@
 #   run/spoa-admin.sock    cedra-spoa operator socket: cedra-agent -> cedra-spoa
 #   run/haproxy-admin.sock HAProxy Runtime API: cedra-agent -> HAProxy (CEDRA_HAPROXY_SOCK)
 #   run/agent-admin.sock   cedra-agent operator socket (nomad alloc exec ... socat)
+#   run/relay.sock         HAProxy to itself: canary pool -> stable pool when no canary server is usable (CEDRA_RELAY_ADDR)
 #   routes/<build>.table   route tables, from Consul KV cedra/routes/<build> (deploy.sh)
 #
 # Consul registration: cedra-agent registers ITSELF ("register" in its
@@ -291,6 +292,10 @@ job "cedra-edge" {
         CEDRA_HTTP_BIND               = ":${NOMAD_PORT_http}"
         CEDRA_SPOA_ADDR               = "unix@${NOMAD_ALLOC_DIR}/run/spoa.sock"
         CEDRA_HAPROXY_SOCK            = "${NOMAD_ALLOC_DIR}/run/haproxy-admin.sock"
+        # host network: an abstract socket name would be shared by every
+        # allocation on the node (the same /alloc path in each); a file in the
+        # allocation's own directory is not
+        CEDRA_RELAY_ADDR              = "unix@${NOMAD_ALLOC_DIR}/run/relay.sock"
         # written by cedra-agent after each round: a restarted HAProxy keeps its slots
         CEDRA_SERVER_STATE_FILE       = "${NOMAD_ALLOC_DIR}/run/haproxy-servers.state"
         CEDRA_DELIVER_ADDR            = "127.0.0.1:${NOMAD_PORT_deliver}"

@@ -485,7 +485,9 @@ class CanaryRelayTest(HaproxyCase):
         self.env.stop_all()
         path = self.env.path("relay.sock")
         self.start_pools({"CEDRA_RELAY_ADDR": "unix@" + path})
-        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        st_mode = os.stat(path).st_mode
+        self.assertTrue(stat.S_ISSOCK(st_mode))
+        self.assertEqual(stat.S_IMODE(st_mode), 0o600)  # HAProxy to itself only
         harness.unix_command(self.hap.sock, "set server storefront_canary/canary1 state maint")
         st, h, body = self.get("/fr/p", headers=self.PIN)
         self.assertEqual((st, body, h.get("x-xff-count")), (200, b"origin", "1"), h)
