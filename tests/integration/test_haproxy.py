@@ -285,36 +285,6 @@ class HaproxyTest(HaproxyCase):
                                              self.hap.stderr_text()),
                            5, what="log line with ptime")
 
-    def raw_get(self, path, lines):
-        """GET with header lines as given, repeated names included (http.client's
-        request() would merge nothing, but its dict cannot repeat a name)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.hap.port, timeout=5.0 * SF)
-        try:
-            c.putrequest("GET", path)
-            for k, v in lines:
-                c.putheader(k, v)
-            c.endheaders()
-            r = c.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            c.close()
-
-    def test_accept_language_on_several_lines(self):
-        """Next.js reads every Accept-Language line (Node joins them), HAProxy
-        hands cedra-spoa the last one: with two lines the edge does not pick a
-        locale from them, and the origin answers (and redirects itself)."""
-        self.start_stack()
-        self.wait_spoa_check()
-        st, h, _ = self.raw_get("/de/x", [("Accept-Language", "nl")])
-        self.assertEqual((st, h.get("location")), (307, "/nl/de/x"), h)
-        st, h, body = self.raw_get("/de/x", [("Accept-Language", "fr"), ("Accept-Language", "nl")])
-        self.assertOrigin(st, h, body)
-        self.assertEqual(h.get("x-cedra-cache"), "BYPASS", h)
-        # the cookie comes first, for Next.js as for the edge: it still decides
-        st, h, _ = self.raw_get("/de/x", [("Accept-Language", "fr"), ("Accept-Language", "nl"),
-                                          ("Cookie", "NEXT_LOCALE=en")])
-        self.assertEqual((st, h.get("location")), (307, "/en/de/x"), h)
-
     BIG_COOKIE = "; ".join("c%03d=%s" % (i, "v" * 112) for i in range(105))
 
     def test_big_cookie_fragmented_notify(self):

@@ -77,9 +77,10 @@ CASES = [
 
 def raw_request(port, method, target, headers, timeout=5.0 * SF):
     """Sends the request line as given (no client-side normalisation) and
-    returns (status, headers dict lower-cased, body)."""
+    returns (status, headers dict lower-cased, body). headers: a dict, or a
+    list of (name, value) for a name on several lines."""
     lines = ["%s %s HTTP/1.1" % (method, target), "Host: shop.example", "Connection: close"]
-    lines += ["%s: %s" % kv for kv in headers.items()]
+    lines += ["%s: %s" % kv for kv in (headers.items() if hasattr(headers, "items") else headers)]
     if method in ("POST", "PUT"):
         lines.append("Content-Length: 0")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -122,6 +123,23 @@ class LocaleRoutingTest(HaproxyCase):
                     vary = [v.strip().lower() for v in hdrs.get("vary", "").split(",")]
                     self.assertIn("accept-language", vary, hdrs)
                     self.assertIn("cookie", vary, hdrs)
+
+    def test_accept_language_on_several_lines(self):
+        """Next.js reads every Accept-Language line (Node joins them), HAProxy
+        hands cedra-spoa the last one: with two lines the edge does not pick a
+        locale from them, and the origin answers (and redirects itself)."""
+        self.start_stack()
+        self.wait_spoa_check()
+        st, hdrs, _, _ = raw_request(self.hap.port, "GET", "/de/x", [("Accept-Language", "nl")])
+        self.assertEqual((st, hdrs.get("location")), (307, "/nl/de/x"), hdrs)
+        two = [("Accept-Language", "fr"), ("Accept-Language", "nl")]
+        st, hdrs, body, _ = raw_request(self.hap.port, "GET", "/de/x", two)
+        self.assertOrigin(st, hdrs, body)
+        self.assertEqual(hdrs.get("x-cedra-cache"), "BYPASS", hdrs)
+        # the cookie comes first, for Next.js as for the edge: it still decides
+        st, hdrs, _, _ = raw_request(self.hap.port, "GET", "/de/x",
+                                     two + [("Cookie", "NEXT_LOCALE=en")])
+        self.assertEqual((st, hdrs.get("location")), (307, "/en/de/x"), hdrs)
 
     def test_redirect_code_302_and_reload(self):
         """locale-redirect 302 from the file; SIGHUP adds a locale and changes
