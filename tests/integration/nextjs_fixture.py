@@ -19,7 +19,7 @@ import time
 
 import harness
 from test_edge_cache import redis_cmd
-from test_haproxy import stat_row
+from test_haproxy import serving, stat_row
 
 STOREFRONT = os.path.join(harness.REPO, "tests", "fixtures", "storefront")
 ROUTES_TOOL = os.path.join(harness.REPO, "spoa", "cedra-routes.mjs")
@@ -146,7 +146,7 @@ class EdgeNode(object):
         self.hap.name = "haproxy-" + label
         self.hap.sock = hap_env.get("CEDRA_HAPROXY_SOCK", self.hap.sock)
         harness.wait_until(lambda: os.path.exists(self.hap.sock), 10, what="%s stats socket" % label)
-        harness.wait_until(lambda: stat_row(self.hap.sock, "storefront_stable", "origin")["status"] == "UP",
+        harness.wait_until(lambda: serving(stat_row(self.hap.sock, "storefront_stable", "origin")),
                            15, what="%s: storefront_stable/origin UP" % label)
         harness.wait_until(lambda: stat_row(self.hap.sock, "spoa_cedra", "spoa1")["status"] == "UP",
                            15, what="%s: spoa_cedra/spoa1 UP" % label)

@@ -12,6 +12,7 @@ Exit status 1 when anything failed (errors count as failures).
   --skip PATTERN   leave out tests matching PATTERN (same matching); repeatable
   --timeout SECS   abort the whole run after SECS (default 300), dumping stacks
   -q               less unittest output
+  --times N        print the N slowest modules and tests (default 8)
 """
 
 import argparse
@@ -104,12 +105,17 @@ def main(argv=None):
     ap.add_argument("--skip", action="append", default=[], metavar="PATTERN")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--times", type=int, default=8, metavar="N")
     args = ap.parse_args(argv)
 
     faulthandler.dump_traceback_later(args.timeout, exit=True)
 
     loader = unittest.TestLoader()
     suite = loader.discover(HERE, pattern="test_*.py", top_level_dir=HERE)
+    # A TestCase class imported into another module is discovered there too,
+    # under the same id: run each test once.
+    seen = set()
+    suite = unittest.TestSuite([t for t in iter_tests(suite) if not (t.id() in seen or seen.add(t.id()))])
     if args.only:
         selected = [t for t in iter_tests(suite) if matches(t.id(), args.only)]
         # keep loader errors visible even when filtering
@@ -139,9 +145,9 @@ def main(argv=None):
         out.write("%s %s\n" % (final[tid], tid))
     # Where the time goes, slowest module first: the suite must stay well
     # under CI's budget on 2 cores.
-    for mod, sec in sorted(result.seconds.items(), key=lambda kv: -kv[1])[:8]:
+    for mod, sec in sorted(result.seconds.items(), key=lambda kv: -kv[1])[:args.times]:
         out.write("time %s %.0fs\n" % (mod, sec))
-    for tid, sec in sorted(result.test_seconds.items(), key=lambda kv: -kv[1])[:8]:
+    for tid, sec in sorted(result.test_seconds.items(), key=lambda kv: -kv[1])[:args.times]:
         out.write("time %s %.0fs\n" % (tid, sec))
     out.write("integration: %d passed, %d failed, %d skipped\n" % (
         counts["PASS"], counts["FAIL"], counts["SKIP"]))

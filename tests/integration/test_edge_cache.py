@@ -97,7 +97,10 @@ def aged(value, age_s):
     return v
 
 
-class EdgeCacheTest(HaproxyCase):
+class EdgeCachePages:
+    """Valkey and page helpers shared with the other HaproxyCase modules (a
+    mixin, not a TestCase: importing it does not run EdgeCacheTest again)."""
+
     def start_redis(self):
         proc = self.env.start_redis()
         return proc, proc.port
@@ -109,6 +112,17 @@ class EdgeCacheTest(HaproxyCase):
             redis_cmd(self.rport, "HSET", PREFIX + "__sharedTags__", key, json.dumps(value["tags"]))
         return key
 
+    def get(self, path, headers=None, method="GET"):
+        st, hdrs, body, _ = raw_request(self.hap.port, method, path, headers or {})
+        return st, hdrs, body
+
+    def wait_hit(self, path):
+        """Valkey connects asynchronously at start: the first requests may pass."""
+        harness.wait_until(lambda: self.get(path)[1].get("x-cedra-cache") == "HIT", 10 * SF,
+                           what="HIT on %s" % path)
+
+
+class EdgeCacheTest(EdgeCachePages, HaproxyCase):
     def setUp(self):
         super().setUp()
         self.redis, self.rport = self.start_redis()
@@ -132,15 +146,6 @@ class EdgeCacheTest(HaproxyCase):
                 k, _, v = line.partition(":")
                 if k:
                     self.next_headers[k.strip().lower()] = v.strip()
-
-    def get(self, path, headers=None, method="GET"):
-        st, hdrs, body, _ = raw_request(self.hap.port, method, path, headers or {})
-        return st, hdrs, body
-
-    def wait_hit(self, path):
-        """Valkey connects asynchronously at start: the first requests may pass."""
-        harness.wait_until(lambda: self.get(path)[1].get("x-cedra-cache") == "HIT", 10 * SF,
-                           what="HIT on %s" % path)
 
     def test_fresh_page_is_served_by_the_edge_as_nextjs_serves_it(self):
         self.put_page("chair", aged(self.chair, 1))

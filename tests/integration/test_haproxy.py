@@ -37,6 +37,13 @@ def http_get(port, path, headers=None, timeout=5.0 * SF, method="GET"):
         c.close()
 
 
+def serving(row):
+    """HAProxy starts a checked server as "UP 1/3" (UP, one failed check from
+    DOWN) and shows plain "UP" only after its first good check, up to one
+    check interval later: both take traffic."""
+    return row["status"] == "UP" or row["status"].startswith("UP ")
+
+
 def stat_row(sock_path, px, sv):
     for row in harness.show_stat(sock_path):
         if row["pxname"] == px and row["svname"] == sv:
@@ -125,7 +132,7 @@ class HaproxyCase(harness.IntegrationTestCase):
         return self.hap
 
     def wait_origin_up(self):
-        harness.wait_until(lambda: stat_row(self.hap.sock, "storefront_stable", "origin")["status"] == "UP",
+        harness.wait_until(lambda: serving(stat_row(self.hap.sock, "storefront_stable", "origin")),
                            10, what="storefront_stable/origin UP")
 
     def wait_spoa_check(self, status="UP", check="L7OK", timeout=10 * SF):

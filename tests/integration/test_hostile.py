@@ -26,7 +26,7 @@ import unittest
 import harness
 import spop_client as sc
 from test_haproxy import HaproxyCase, SF
-from test_edge_cache import redis_cmd, load_value, aged, EdgeCacheTest, FIX, next_etag
+from test_edge_cache import redis_cmd, load_value, aged, EdgeCachePages, FIX, next_etag
 
 CORPUS = os.path.join(harness.REPO, "tests", "hostile")
 T = 5.0 * SF           # one answer
@@ -224,7 +224,7 @@ class HostileHttpBase(HaproxyCase):
     """The shipped stack with real cached pages (Next.js 16.4.6 values, route
     table of the fixture), session cookie "sid", operator socket."""
 
-    start_redis = EdgeCacheTest.start_redis
+    start_redis = EdgeCachePages.start_redis
     FRAME = 16380   # max-frame-size of both HAProxy's SPOE and cedra-spoa
     ROUTES = os.path.join(FIX, "routes.table")  # or "pathname" (Next <= 16.3.7 keys)
 
@@ -945,7 +945,7 @@ class SpopValkeyHostileTest(harness.IntegrationTestCase):
 
     def setUp(self):
         super().setUp()
-        self.redis, self.rport = EdgeCacheTest.start_redis(self)
+        self.redis, self.rport = EdgeCachePages.start_redis(self)
         tmpl = load_value("product-chair.json")
         # Fresh for the whole test, however slow the daemon runs (TSan): the
         # fixture's own 15 s lifespan would turn the answer into a MISS.

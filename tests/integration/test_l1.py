@@ -21,7 +21,7 @@ import time
 import unittest
 
 import harness
-from test_edge_cache import EdgeCacheTest, FIX, PREFIX, ROUTE_KEY, aged, load_value, redis_cmd
+from test_edge_cache import EdgeCachePages, FIX, PREFIX, ROUTE_KEY, aged, load_value, redis_cmd
 from test_haproxy import HaproxyCase, SF
 
 # Small on purpose: the churn test overflows it. 16 shards, and an entry may
@@ -30,10 +30,10 @@ L1_BUDGET = 3 * 1024 * 1024
 
 
 class L1Test(HaproxyCase):
-    start_redis = EdgeCacheTest.start_redis
-    put_page = EdgeCacheTest.put_page
-    get = EdgeCacheTest.get
-    wait_hit = EdgeCacheTest.wait_hit
+    start_redis = EdgeCachePages.start_redis
+    put_page = EdgeCachePages.put_page
+    get = EdgeCachePages.get
+    wait_hit = EdgeCachePages.wait_hit
 
     def setUp(self):
         super().setUp()

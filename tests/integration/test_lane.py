@@ -16,7 +16,7 @@ import socket
 import time
 
 import harness
-from test_edge_cache import EdgeCacheTest, FIX, PREFIX, aged, load_value, redis_cmd  # noqa: F401
+from test_edge_cache import EdgeCachePages, FIX, PREFIX, aged, load_value, redis_cmd  # noqa: F401
 from test_haproxy import HaproxyCase, SF, stat_row
 from test_locale_routing import raw_request
 
@@ -41,8 +41,8 @@ def lived(value, age_s, revalidate_s=600, expire_s=3600):
 
 
 class LaneTest(HaproxyCase):
-    start_redis = EdgeCacheTest.start_redis
-    put_page = EdgeCacheTest.put_page
+    start_redis = EdgeCachePages.start_redis
+    put_page = EdgeCachePages.put_page
     # Tests that run HAProxy without CEDRA_LANE=on (the shipped default).
     HAPROXY_LANE_OFF = ("test_haproxy_without_cedra_lane_keeps_it_closed_and_quiet",)
 

@@ -9,11 +9,11 @@ import os
 import harness
 from test_haproxy import HaproxyCase, SF
 from test_locale_routing import raw_request
-from test_edge_cache import redis_cmd, load_value, aged, EdgeCacheTest
+from test_edge_cache import redis_cmd, load_value, aged, EdgeCachePages
 
 
 class PoolsTest(HaproxyCase):
-    start_redis = EdgeCacheTest.start_redis
+    start_redis = EdgeCachePages.start_redis
 
     def start_origin_named(self, name):
         port = harness.free_port()
