@@ -22,7 +22,14 @@ record() { # record STATUS NAME
   echo "$1 $2"
 }
 skipped() { [[ "$skip" == *" $1 "* ]]; }
-stage() { echo; echo "=== $*"; }
+# Each stage's wall time, printed before the closing line: the suite must
+# stay well under CI's 30 minutes on 2 cores.
+stage_times=() stage_name="" stage_t0=$SECONDS
+stage_end() {
+  [ -n "$stage_name" ] && stage_times+=("$(printf '%5ds  %s' $((SECONDS - stage_t0)) "$stage_name")")
+  stage_name="" stage_t0=$SECONDS
+}
+stage() { stage_end; stage_name=$*; echo; echo "=== $*"; }
 
 stage "dependencies"
 if ! "$top/scripts/deps.sh"; then
@@ -266,6 +273,11 @@ else
     tail -40 "$top/build/distcheck.out"
   fi
 fi
+
+stage_end
+echo
+echo "time per stage (total ${SECONDS}s):"
+printf '  %s\n' "${stage_times[@]}"
 
 passed=$(grep -c '^PASS ' "$results")
 failed=$(grep -c '^FAIL ' "$results")
