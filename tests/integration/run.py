@@ -114,8 +114,10 @@ def main(argv=None):
     suite = loader.discover(HERE, pattern="test_*.py", top_level_dir=HERE)
     # A TestCase class imported into another module is discovered there too,
     # under the same id: run each test once.
-    seen = set()
-    suite = unittest.TestSuite([t for t in iter_tests(suite) if not (t.id() in seen or seen.add(t.id()))])
+    once = {}
+    for t in iter_tests(suite):
+        once.setdefault(t.id(), t)
+    suite = unittest.TestSuite(list(once.values()))
     if args.only:
         selected = [t for t in iter_tests(suite) if matches(t.id(), args.only)]
         # keep loader errors visible even when filtering

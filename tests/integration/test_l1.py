@@ -29,12 +29,7 @@ from test_haproxy import HaproxyCase, SF
 L1_BUDGET = 3 * 1024 * 1024
 
 
-class L1Test(HaproxyCase):
-    start_redis = EdgeCachePages.start_redis
-    put_page = EdgeCachePages.put_page
-    get = EdgeCachePages.get
-    wait_hit = EdgeCachePages.wait_hit
-
+class L1Test(EdgeCachePages, HaproxyCase):
     def setUp(self):
         super().setUp()
         self.redis, self.rport = self.start_redis()
