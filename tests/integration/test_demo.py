@@ -134,6 +134,15 @@ def run_env(tmp):
     return env, ports
 
 
+def terminal_signals():
+    """SIGINT and SIGQUIT as a terminal's shell leaves them to its jobs. A
+    suite started in the background by a non-interactive shell inherits them
+    ignored, and a shell cannot trap a signal ignored at its start: the demo
+    would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class DemoTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -175,7 +184,7 @@ class DemoTest(unittest.TestCase):
         self.addCleanup(self.out.close)
         self.proc = subprocess.Popen(["bash", DEMO], env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=terminal_signals)
 
     def assert_all_gone(self, started, workdir, kept=False):
         harness.wait_until(lambda: not leftovers(self.proc.pid, started), 10,
