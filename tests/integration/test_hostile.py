@@ -1140,16 +1140,20 @@ class OpsockHostileBase(object):
                 s.settimeout(T)
                 s.connect(self.sock_path)
                 clients.append(s)
-            # A refused client gets its error line at once; the others get
-            # nothing: one QUIET window for all of them, not one each.
+            # A refused client gets its error line as soon as the daemon
+            # accepts it; the others get nothing. One quiet window for all of
+            # them (not one each), restarted by every answer: a slow daemon
+            # (sanitizers) may still be accepting the last ones.
             refused = 0
             accepted = set(clients)
             with selectors.DefaultSelector() as sel:
                 for s in clients:
                     sel.register(s, selectors.EVENT_READ)
-                deadline = time.monotonic() + QUIET
+                quiet = QUIET * SF
+                deadline = time.monotonic() + quiet
                 while accepted and time.monotonic() < deadline:
                     for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+                        deadline = time.monotonic() + quiet
                         sel.unregister(key.fileobj)
                         accepted.discard(key.fileobj)
                         try:
