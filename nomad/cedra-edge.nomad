@@ -292,9 +292,9 @@ job "cedra-edge" {
         CEDRA_HTTP_BIND               = ":${NOMAD_PORT_http}"
         CEDRA_SPOA_ADDR               = "unix@${NOMAD_ALLOC_DIR}/run/spoa.sock"
         CEDRA_HAPROXY_SOCK            = "${NOMAD_ALLOC_DIR}/run/haproxy-admin.sock"
-        # host network: an abstract socket name would be shared by every
-        # allocation on the node (the same /alloc path in each); a file in the
-        # allocation's own directory is not
+        # the canary relay's UNIX socket, in the allocation's own directory
+        # (never an abstract name: with the host network every allocation on
+        # the node would share it, and HAProxy 2.6 crashes reloading one)
         CEDRA_RELAY_ADDR              = "unix@${NOMAD_ALLOC_DIR}/run/relay.sock"
         # written by cedra-agent after each round: a restarted HAProxy keeps its slots
         CEDRA_SERVER_STATE_FILE       = "${NOMAD_ALLOC_DIR}/run/haproxy-servers.state"

@@ -343,7 +343,10 @@ class Env(object):
     """A set of processes sharing a temporary directory."""
 
     def __init__(self, label):
-        self.dir = tempfile.mkdtemp(prefix="cedra-it-%s-" % label)
+        # The label cut short: HAProxy refuses UNIX socket paths over 97
+        # bytes, and its sockets (and the relay's, <stats socket>.relay) live
+        # in this directory.
+        self.dir = tempfile.mkdtemp(prefix="cedra-it-%s-" % label[:40])
         self.procs = []
         self.problems = []   # unclean exits found at stop time
         self._seq = 0

@@ -836,7 +836,7 @@ frontend fe_http
 
 # as in haproxy/haproxy.cfg: a canary pool with no usable server relays to stable
 frontend cedra_relay
-    bind abns@cedra-relay:%(sock)s
+    bind unix@%(sock)s.relay mode 600
     default_backend storefront_stable
 
 backend storefront_stable
@@ -852,7 +852,7 @@ backend storefront_canary
     option forwardfor
     default-server check inter 1s fall 3 rise 2
     server-template canary 1-%(canary)d 0.0.0.0:0 disabled
-    server relay abns@cedra-relay:%(sock)s backup no-check
+    server relay unix@%(sock)s.relay backup no-check
 """
 
 AGENT_CONF = """\

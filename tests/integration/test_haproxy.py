@@ -456,9 +456,32 @@ class CanaryRelayTest(HaproxyCase):
         self.assertEqual((st, body), (200, b"origin"))
         self.assertEqual(stat_row(self.hap.sock, "storefront_canary", "relay")["stot"], "2")
 
+    def test_reload_keeps_the_relay_and_the_old_process_exits_cleanly(self):
+        """A -sf reload with the shipped config: the old process finishes and
+        exits 0 (with an abns@ relay listener, HAProxy 2.6.12's old process
+        crashed on every reload: 'bug condition "l->rx.fd == -1"'), and the
+        new one relays. The relay socket is the default one, next to the
+        Runtime API socket, mode 600."""
+        old = self.hap
+        new = self.env.spawn("haproxy", [harness.haproxy_bin(), "-db", "-f", old.argv[-1],
+                                         "-sf", str(old.pid)], env=old.env)
+        new.expect_rc = harness.HAPROXY_STOP_RC
+        old.popen.wait(10 * SF)
+        err = old.stderr_text()
+        self.assertEqual(old.popen.returncode, 0, err[-2000:])
+        self.assertNotIn("bug condition", err)
+        path = old.sock + ".relay"
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        # The new process answers on the same port and socket; its canary
+        # slots start empty (no state file here), so the pin is relayed.
+        st, h, body = self.get("/fr/p", headers=self.PIN)
+        self.assertEqual((st, body, h.get("x-xff-count")), (200, b"origin", "1"), h)
+        self.assertEqual(stat_row(old.sock, "storefront_canary", "relay")["stot"], "1")
+
     def test_relay_address_from_the_environment(self):
-        """CEDRA_RELAY_ADDR replaces the abstract socket (a name too long for
-        one, or no abstract sockets): here a UNIX socket on disk."""
+        """CEDRA_RELAY_ADDR replaces the default socket path (too long, or
+        another directory): here a UNIX socket elsewhere on disk."""
         self.env.stop_all()
         path = self.env.path("relay.sock")
         self.start_pools({"CEDRA_RELAY_ADDR": "unix@" + path})
