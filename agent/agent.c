@@ -190,6 +190,15 @@ static void spoa_warn(struct agent *a, const char *fmt, ...)
     log_warning("spoa_pool_unusable", "reason=%s", log_quote(q, sizeof(q), why, strlen(why)));
 }
 
+/* A drain held for cedra-spoa's "canary off" goes as soon as it is confirmed. */
+static void spoa_acked(void *ud)
+{
+    struct agent *a = ud;
+
+    if (a->canary_hold_since > 0)
+        agent_round_now(a);
+}
+
 /* What cedra-spoa should serve, from what HAProxy serves now (the set the
  * last round applied): the majority build of each pool, the key prefix and
  * route table rendered for it, and the canary share. */
@@ -387,6 +396,12 @@ static void round_end(struct agent *a, bool ok, const char *fmt, ...)
                 if (s->next_deadline > 0 && s->next_deadline - now < delay)
                     delay = s->next_deadline - now + 0.001;
             }
+        }
+        if (a->canary_hold_since > 0) {
+            double left = a->canary_hold_since + a->conf->canary_drain_wait - now;
+
+            if (left < delay)
+                delay = left > 0 ? left + 0.001 : 0;
         }
     }
     round_schedule(a, delay);
@@ -638,6 +653,53 @@ static void log_overflow(struct agent_svc *s, const struct plan *p)
     s->duplicate = p->duplicate;
 }
 
+/* A user cedra-spoa pins to the canary pool goes to the canary backend. When
+ * its last server is drained before cedra-spoa stopped pinning, HAProxy's
+ * relay server hands the request to the stable pool, but a request caught
+ * while HAProxy's load balancer takes the state change can still get a 503.
+ * So that drain waits until cedra-spoa acknowledged "canary off" (the
+ * acknowledgment starts a round), canary-drain-wait at most: cedra-spoa down
+ * must not keep a reverted canary serving. Every other op of the plan runs
+ * now. */
+static void hold_last_canary(struct agent *a, struct agent_svc *s, struct plan *p)
+{
+    struct agent_round *r = &a->r;
+    double now = now_mono(), wait = a->conf->canary_drain_wait;
+    bool confirmed = a->spoa && spoa_client_canary_off(a->spoa);
+    size_t held;
+
+    if (s->idx != 0 || !a->spoa || wait <= 0 || confirmed ||
+        pool_set_count(&r->planned, POOL_CANARY) > 0) {
+        if (a->canary_hold_since > 0) {
+            log_notice("canary_drain_released", "service=%s waited_ms=%.1f reason=%s",
+                       s->conf->name, (now - a->canary_hold_since) * 1000,
+                       confirmed ? "spoa-confirmed" : "canary-back");
+            if (confirmed)
+                metrics_counter_inc(a->c_hold_confirmed);
+            a->canary_hold_since = 0;
+        }
+        return;
+    }
+    if (a->canary_hold_since > 0 && now - a->canary_hold_since >= wait) {
+        log_warning("canary_drain_unconfirmed",
+                    "service=%s waited_ms=%.1f reason=cedra-spoa did not confirm canary off",
+                    s->conf->name, (now - a->canary_hold_since) * 1000);
+        metrics_counter_inc(a->c_hold_timeout);
+        a->canary_hold_since = 0;
+        return;
+    }
+    held = reconcile_hold_last_canary(p, s->slots, s->nslots);
+    if (!held) {
+        a->canary_hold_since = 0;
+        return;
+    }
+    if (a->canary_hold_since <= 0) {
+        a->canary_hold_since = now;
+        log_notice("canary_drain_held", "service=%s ops=%zu wait_max_ms=%.0f", s->conf->name, held,
+                   wait * 1000);
+    }
+}
+
 static void plan_step(struct agent *a)
 {
     struct agent_round *r = &a->r;
@@ -688,6 +750,7 @@ static void plan_step(struct agent *a)
         return;
     }
     log_overflow(s, &r->plan);
+    hold_last_canary(a, s, &r->plan);
     r->plan_live = true;
     rc = hapi_apply_plan(a->h, &r->plan, s->slots, s->nslots, plan_cb, a);
     if (rc == 1) {
@@ -1051,7 +1114,7 @@ static int register_metrics(struct agent *a, char *err, size_t errlen)
     struct metrics *m = a->m;
     unsigned ns = a->nsvc, nb = 2 * a->nsvc;
     struct metrics_family *f_err, *f_upd, *f_ref, *f_res, *f_idx, *f_panic, *f_inst, *f_used,
-        *f_free, *f_drain, *f_over, *f_hapi, *f_rounds, *f_push, *f_build, *f_fail;
+        *f_free, *f_drain, *f_over, *f_hapi, *f_rounds, *f_push, *f_build, *f_fail, *f_hold;
     const char *v[3];
 
     f_build = metrics_gauge_family(m, "cedra_agent_build_info", "cedra-agent version (always 1)",
@@ -1119,11 +1182,15 @@ static int register_metrics(struct agent *a, char *err, size_t errlen)
                                     "Commands sent to cedra-spoa, by result", l_result, 2);
     a->g_spoa_sync = metrics_gauge(m, "cedra_agent_spoa_in_sync",
                                    "1 when cedra-spoa acknowledged the desired pools and weight");
+    f_hold = metrics_counter_family(m, "cedra_agent_canary_drain_waits_total",
+                                    "Drains of the last canary server held until cedra-spoa "
+                                    "confirms canary off, by how the wait ended",
+                                    l_result, 2);
     if (!f_build || !a->h_consul_latency || !f_err || !f_upd || !f_ref || !f_res || !f_idx ||
         !a->f_age || !f_fail || !a->g_registered || !f_panic || !f_inst || !f_used || !f_free ||
         !f_drain || !f_over || !f_hapi || !a->c_hapi_commands || !a->c_restarts || !f_rounds ||
         !a->h_round || !a->g_weight || !a->g_canary_live || !a->g_paused || !f_push ||
-        !a->g_spoa_sync) {
+        !a->g_spoa_sync || !f_hold) {
         snprintf(err, errlen, "metrics: %s", metrics_error(m));
         return -1;
     }
@@ -1139,6 +1206,10 @@ static int register_metrics(struct agent *a, char *err, size_t errlen)
     v[0] = "error";
     a->c_rounds_failed = metrics_counter_get(f_rounds, v);
     a->c_spoa_failures = metrics_counter_get(f_push, v);
+    v[0] = "confirmed";
+    a->c_hold_confirmed = metrics_counter_get(f_hold, v);
+    v[0] = "timeout";
+    a->c_hold_timeout = metrics_counter_get(f_hold, v);
     for (unsigned i = 0; i < a->nsvc; i++) {
         struct agent_svc *s = &a->svc[i];
 
@@ -1328,6 +1399,7 @@ struct agent *agent_start(struct ev_loop *loop, struct agent_conf *conf, const c
             snprintf(err, errlen, "spoa-socket %s: unusable path", conf->spoa_socket);
             goto fail;
         }
+        spoa_client_on_ack(a->spoa, spoa_acked, a);
     }
     for (unsigned i = 0; i < a->nsvc; i++) {
         struct agent_svc *s = &a->svc[i];
@@ -1395,6 +1467,7 @@ void agent_reload(struct agent *a, const struct agent_conf *nc)
     c->panic_ratio = nc->panic_ratio;
     c->drain_grace = nc->drain_grace;
     c->drain_min = nc->drain_min;
+    c->canary_drain_wait = nc->canary_drain_wait;
     c->interval = nc->interval;
     c->drain_interval = nc->drain_interval;
     c->health_window = nc->health_window;
@@ -1418,6 +1491,8 @@ void agent_reload(struct agent *a, const struct agent_conf *nc)
                 spoa_client_new(a->loop, c->spoa_socket, c->spoa_timeout, c->spoa_verify_interval);
             if (!a->spoa)
                 log_error("spoa_client_failed", "socket=%s", c->spoa_socket);
+            else
+                spoa_client_on_ack(a->spoa, spoa_acked, a);
         }
     }
     log_notice("reloaded", "file=%s canary_weight=%d panic_ratio=%.3f spoa=%s", a->conf_path,

@@ -133,6 +133,9 @@ struct agent {
     bool spoa_want_valid;
     char spoa_warned[256]; /* last "cannot push" reason logged */
     uint64_t spoa_pushes_seen, spoa_failures_seen;
+    /* The drain of the last canary server, held back until cedra-spoa
+     * confirms that it sends no user to the canary pool any more. */
+    double canary_hold_since; /* monotonic, 0 = nothing held */
 
     ev_timer tick; /* metrics refresh, once a second */
     struct consul_stats cstats_seen;
@@ -146,7 +149,8 @@ struct agent {
     struct metrics *m;
     struct metrics_histogram *h_consul_latency, *h_round;
     struct metrics_counter *c_rounds_ok, *c_rounds_failed, *c_hapi_transport, *c_hapi_answer,
-        *c_hapi_commands, *c_restarts, *c_spoa_pushes, *c_spoa_failures;
+        *c_hapi_commands, *c_restarts, *c_spoa_pushes, *c_spoa_failures, *c_hold_confirmed,
+        *c_hold_timeout;
     struct metrics_gauge *g_weight, *g_paused, *g_registered, *g_spoa_sync, *g_canary_live;
     struct metrics_family *f_age;
 };

@@ -271,6 +271,10 @@ static int show_canary(struct opsock_out *out, int argc, char **argv, void *ud)
         opsock_printf(out,
                       "\nSpoa_pid: %lld\nSpoa_pushes: %" PRIu64 "\nSpoa_failures: %" PRIu64 "\n",
                       st.spoa_pid, st.pushes, st.failures);
+        if (a->canary_hold_since > 0)
+            opsock_printf(out, "Canary_drain_held: %.3f\n", age(a->canary_hold_since));
+        else
+            opsock_printf(out, "Canary_drain_held: -\n");
     }
     return 0;
 }

@@ -38,6 +38,7 @@ void agent_conf_defaults(struct agent_conf *c)
 
     c->spoa_timeout = 1;
     c->spoa_verify_interval = 5;
+    c->canary_drain_wait = 2;
     str_copy(c->routes, "pathname", sizeof(c->routes));
 
     c->reg_enabled = true;
@@ -512,6 +513,10 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
                    ? -1
                    : get_duration(l, l->argv[1], 0.05, 86400, &c->spoa_verify_interval, err,
                                   errlen);
+    if (!strcmp(kw, "canary-drain-wait"))
+        return cfg_want_args(l, 1, err, errlen) < 0
+                   ? -1
+                   : get_duration(l, l->argv[1], 0, 300, &c->canary_drain_wait, err, errlen);
     if (!strcmp(kw, "key-prefix") || !strcmp(kw, "routes")) {
         char *dst = !strcmp(kw, "routes") ? c->routes : c->key_prefix;
         char probe[AGENT_TMPL_MAX * 2];

@@ -75,6 +75,9 @@ struct agent_conf {
     char spoa_socket[AGENT_SOCK_MAX]; /* "" = do not push to cedra-spoa */
     double spoa_timeout;
     double spoa_verify_interval;
+    /* How long the last canary server's drain waits for cedra-spoa to
+     * confirm "canary off" (0: it does not wait). */
+    double canary_drain_wait;
     char key_prefix[AGENT_TMPL_MAX]; /* template: %{build}, %{pool}, %{service} */
     char routes[AGENT_TMPL_MAX];     /* template, or "pathname" */
 

@@ -406,6 +406,54 @@ void reconcile_apply_op(struct slot_state *slots, size_t nslots, const struct pl
     }
 }
 
+size_t reconcile_hold_last_canary(struct plan *p, const struct slot_state *actual, size_t nslots)
+{
+    size_t before = 0, after = 0, kept = 0, held;
+    bool *ready;
+
+    if (!p->n || !nslots)
+        return 0;
+    ready = calloc(nslots, sizeof(*ready));
+    if (!ready)
+        return 0; /* cannot tell: the plan runs as made */
+    for (size_t s = 0; s < nslots; s++) {
+        ready[s] = actual[s].kind == POOL_CANARY && actual[s].admin == SLOT_READY;
+        before += ready[s];
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        const struct plan_op *op = &p->op[i];
+
+        if (op->slot >= nslots || actual[op->slot].kind != POOL_CANARY)
+            continue;
+        if (op->action == PLAN_READY)
+            ready[op->slot] = true;
+        else if (op->action == PLAN_DRAIN || op->action == PLAN_MAINT)
+            ready[op->slot] = false;
+    }
+    for (size_t s = 0; s < nslots; s++)
+        after += ready[s];
+    free(ready);
+    if (!before || after)
+        return 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct plan_op *op = &p->op[i];
+
+        if (op->slot < nslots && actual[op->slot].kind == POOL_CANARY &&
+            actual[op->slot].admin == SLOT_READY &&
+            (op->action == PLAN_DRAIN || op->action == PLAN_MAINT)) {
+            if (op->action == PLAN_DRAIN && p->draining)
+                p->draining--;
+            continue;
+        }
+        if (kept != i)
+            p->op[kept] = *op;
+        kept++;
+    }
+    held = p->n - kept;
+    p->n = kept;
+    return held;
+}
+
 void reconcile_observe(struct slot_state *s, const struct slot_seen *seen, double now)
 {
     if (s->port != seen->port || !reconcile_addr_equal(s->addr, seen->addr))

@@ -103,6 +103,15 @@ const char *plan_action_name(enum plan_action a);
 int reconcile_plan(const struct pool_set *desired, const struct slot_state *actual, size_t nslots,
                    const struct reconcile_cfg *cfg, struct plan *out, char *err, size_t errlen);
 
+/* Takes out of the plan the drains that would leave the canary backend
+ * with no ready server, when it has one now (the plan's order is kept).
+ * The caller does this while cedra-spoa still sends users to the canary
+ * pool: HAProxy's relay to the stable pool covers a request that finds no
+ * canary server, but a server taken out from under HAProxy's load balancer
+ * can still cost a request a 503 (haproxy/README.md). Returns how many ops
+ * were taken out; 0 leaves the plan as it was. */
+size_t reconcile_hold_last_canary(struct plan *p, const struct slot_state *actual, size_t nslots);
+
 /* The model of a command's effect: updates slots[op->slot] as HAProxy would,
  * after the command succeeded. Keeps the bookkeeping (owner, drain_since)
  * current between two observations; planning again on the result of every

@@ -41,6 +41,8 @@ struct spoa_client {
     ev_timer retry;
     ev_timer verify;
     unsigned seed;
+    void (*on_ack)(void *ud);
+    void *on_ack_ud;
 
     struct spoa_client_stats st;
 };
@@ -369,6 +371,10 @@ static void cmd_cb(struct hapi *h, int status, const char *ans, size_t len, void
         succeeded(sc);
         log_notice("spoa_pushed", "cmd=%s", log_quote(q, sizeof(q), sc->cmd, strlen(sc->cmd)));
         pump(sc);
+        /* Last: the callback may free or reconfigure nothing of ours, but it
+         * reads the acknowledged state this command changed. */
+        if (sc->on_ack)
+            sc->on_ack(sc->on_ack_ud);
         return;
     }
     {
@@ -474,6 +480,17 @@ void spoa_client_set(struct spoa_client *sc, const struct spoa_want *w)
         return;
     }
     pump(sc);
+}
+
+void spoa_client_on_ack(struct spoa_client *sc, void (*cb)(void *ud), void *ud)
+{
+    sc->on_ack = cb;
+    sc->on_ack_ud = ud;
+}
+
+bool spoa_client_canary_off(const struct spoa_client *sc)
+{
+    return sc->ack.pool_known[POOL_CANARY] && !sc->ack.v.pool[POOL_CANARY].on;
 }
 
 void spoa_client_resync(struct spoa_client *sc)

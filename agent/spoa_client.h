@@ -50,6 +50,10 @@ const char *spoa_client_path(const struct spoa_client *sc);
  * after the running command). A stable pool that is not "on" is left as it
  * is in cedra-spoa (nothing known to push). */
 void spoa_client_set(struct spoa_client *sc, const struct spoa_want *w);
+/* cb(ud) after every command cedra-spoa acknowledged (NULL: none). */
+void spoa_client_on_ack(struct spoa_client *sc, void (*cb)(void *ud), void *ud);
+/* True when cedra-spoa acknowledged that no canary pool is live. */
+bool spoa_client_canary_off(const struct spoa_client *sc);
 /* Forgets what cedra-spoa acknowledged: everything is pushed again. */
 void spoa_client_resync(struct spoa_client *sc);
 

@@ -730,6 +730,77 @@ class AgentTest(harness.IntegrationTestCase):
         harness.wait_until(lambda: "event=slots_available" in self.agent.stderr_text(), 5,
                            what="slots_available logged")
 
+    # ---- the last canary server waits for cedra-spoa ----------------------------------
+    def _reload_conf(self, text):
+        n = self.agent.stderr_text().count("event=reloaded")
+        with open(self.agent_conf, "w") as f:
+            f.write(text)
+        self.agent.signal(signal.SIGHUP)
+        harness.wait_until(lambda: self.agent.stderr_text().count("event=reloaded") > n,
+                           5 * harness.slow_factor(), what="configuration reloaded")
+
+    def _revert_with_spoa_stopped(self, build):
+        """A live canary (o6) reverted while cedra-spoa cannot answer
+        (SIGSTOP: its socket accepts, nothing comes back). Returns the
+        agent's log from there on, and continues cedra-spoa at cleanup."""
+        self.baseline()
+        self.set_catalog(self.inst(1), self.inst(2), self.inst(3),
+                         self.inst(6, tags=["canary"], build=build))
+        self.wait_ports("storefront_canary", [6])
+        self.wait_spoa(lambda p: p.get("canary", {}).get("build") == build, "canary " + build)
+        mark = len(self.agent.stderr_text())
+        self.spoa.signal(signal.SIGSTOP)
+        self.addCleanup(self.spoa.signal, signal.SIGCONT)
+        self.double.remove_instance(SVC, "o6")
+        harness.wait_until(lambda: "Canary_drain_held: -" not in self.cmd("show canary"),
+                           5 * harness.slow_factor(), what="the canary drain held")
+        return mark
+
+    def test_15_last_canary_drains_once_spoa_confirms(self):
+        with open(self.agent_conf) as f:
+            original = f.read()
+        # long enough that only cedra-spoa's answer can end the wait here
+        self._reload_conf(original + "canary-drain-wait 120s\n")
+        self.addCleanup(self._reload_conf, original)
+        confirmed = self.metric(self.metrics(), "cedra_agent_canary_drain_waits_total",
+                                result="confirmed")
+        mark = self._revert_with_spoa_stopped("b4")
+        # cedra-spoa still pins users to the canary: its server keeps taking them
+        self.assertEqual(harness.slot_ports(self.hsock, "storefront_canary"), [self.oport[5]])
+        _, h, _ = http_get(self.fe_port, headers={"x-test-pool": "canary"})
+        self.assertEqual(h.get("x-instance"), "o6")
+        self.spoa.signal(signal.SIGCONT)
+        self.wait_spoa(lambda p: "canary" not in p, "canary off", timeout=5 * harness.slow_factor())
+        self.wait_ports("storefront_canary", [], timeout=5 * harness.slow_factor())
+        log = self.agent.stderr_text()[mark:]
+        held = log.index("event=canary_drain_held")
+        acked = log.index("event=spoa_pushed cmd=\"set pool canary off\"")
+        released = log.index("event=canary_drain_released")
+        self.assertLess(held, released)
+        self.assertLess(acked, released)
+        self.assertIn("reason=spoa-confirmed", log[released:].splitlines()[0])
+        self.assertNotIn("canary_drain_unconfirmed", log)
+        self.assertEqual(self.metric(self.metrics(), "cedra_agent_canary_drain_waits_total",
+                                     result="confirmed"), confirmed + 1)
+        self.assertIn("Canary_drain_held: -", self.cmd("show canary"))
+
+    def test_16_last_canary_drains_anyway_when_spoa_never_confirms(self):
+        timeouts = self.metric(self.metrics(), "cedra_agent_canary_drain_waits_total",
+                               result="timeout")
+        mark = self._revert_with_spoa_stopped("b5")
+        # canary-drain-wait (2 s by default) over: drained without cedra-spoa
+        self.wait_ports("storefront_canary", [], timeout=10 * harness.slow_factor())
+        log = self.agent.stderr_text()[mark:]
+        self.assertIn("event=canary_drain_unconfirmed", log)
+        self.assertNotIn("event=canary_drain_released", log)
+        waited = log[log.index("event=canary_drain_held"):
+                     log.index("event=canary_drain_unconfirmed")]
+        self.assertNotIn("event=spoa_pushed cmd=\"set pool canary off\"", waited)
+        self.assertEqual(self.metric(self.metrics(), "cedra_agent_canary_drain_waits_total",
+                                     result="timeout"), timeouts + 1)
+        self.spoa.signal(signal.SIGCONT)
+        self.wait_spoa(lambda p: "canary" not in p, "canary off", timeout=5 * harness.slow_factor())
+
     def test_13_sighup_reload(self):
         self.baseline()
         with open(self.agent_conf) as f:

@@ -361,6 +361,102 @@ static void test_fill_before_drain_across_backends(void **state)
     }
 }
 
+/* Plans, holds the last canary drains back, and applies what is left. */
+static size_t plan_held(struct fixture *f)
+{
+    size_t held;
+
+    do_plan(f);
+    held = reconcile_hold_last_canary(&f->plan, f->slots, NSLOTS);
+    for (size_t i = 0; i < f->plan.n; i++)
+        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+    return held;
+}
+
+/* A reverted canary: its only slot keeps serving until the caller lets the
+ * drain go; planned again, the drain is still there. */
+static void test_hold_last_canary_revert(void **state)
+{
+    struct fixture *f = *state;
+
+    initial(f);
+    set_inst(f, 2, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100,
+             POOL_STABLE);
+    assert_int_equal(plan_held(f), 1);
+    assert_int_equal(f->plan.n, 0);
+    assert_int_equal(f->plan.draining, 0);
+    assert_int_equal(f->slots[4].admin, SLOT_READY);
+    do_plan(f);
+    assert_int_equal(f->plan.n, 1);
+    assert_string_equal(f->plan.op[0].cmd, "set server storefront_canary/canary1 state drain");
+}
+
+/* The end of a rollout: the new build fills the stable backend at once, only
+ * the canary slot's drain waits. */
+static void test_hold_last_canary_keeps_fills(void **state)
+{
+    struct fixture *f = *state;
+
+    initial(f);
+    set_inst(f, 3, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100, POOL_STABLE,
+             "c", "10.0.0.3", 3001, 100, POOL_STABLE);
+    assert_int_equal(plan_held(f), 1);
+    assert_int_equal(f->plan.n, 3);
+    assert_true(op_index(&f->plan, "set server storefront_stable/stable3 state ready") >= 0);
+    assert_int_equal(f->slots[2].admin, SLOT_READY);
+    assert_int_equal(f->slots[4].admin, SLOT_READY);
+}
+
+/* Nothing is held while another canary server stays (or becomes) ready, nor
+ * when no canary server was ready to begin with. */
+static void test_hold_last_canary_only_the_last(void **state)
+{
+    struct fixture *f = *state;
+
+    initial(f);
+    /* c replaced by c2: canary2 ready before canary1 drains. */
+    set_inst(f, 3, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100, POOL_STABLE,
+             "c2", "10.0.0.4", 3001, 50, POOL_CANARY);
+    assert_int_equal(plan_held(f), 0);
+    assert_int_equal(f->plan.n, 4);
+    assert_int_equal(f->slots[4].admin, SLOT_DRAIN);
+    assert_int_equal(f->slots[5].admin, SLOT_READY);
+    /* c2 goes too: its slot is the last ready one; canary1, draining, is
+     * not held (it takes no new request). */
+    set_inst(f, 2, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100,
+             POOL_STABLE);
+    assert_int_equal(plan_held(f), 1);
+    assert_int_equal(f->slots[5].admin, SLOT_READY);
+    /* once let go, nothing is ready in the canary backend: nothing to hold */
+    do_plan(f);
+    for (size_t i = 0; i < f->plan.n; i++)
+        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+    assert_int_equal(f->slots[5].admin, SLOT_DRAIN);
+    f->cfg.now += 60;
+    assert_int_equal(plan_held(f), 0);
+    assert_int_equal(f->slots[4].admin, SLOT_MAINT);
+    assert_int_equal(f->slots[5].admin, SLOT_MAINT);
+}
+
+/* Two canary servers leaving at once are held together. */
+static void test_hold_last_canary_all_of_them(void **state)
+{
+    struct fixture *f = *state;
+
+    initial(f);
+    set_inst(f, 4, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100, POOL_STABLE,
+             "c", "10.0.0.3", 3001, 50, POOL_CANARY, "d", "10.0.0.5", 3001, 50, POOL_CANARY);
+    do_plan(f);
+    for (size_t i = 0; i < f->plan.n; i++)
+        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+    set_inst(f, 2, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100,
+             POOL_STABLE);
+    assert_int_equal(plan_held(f), 2);
+    assert_int_equal(f->plan.n, 0);
+    assert_int_equal(f->slots[4].admin, SLOT_READY);
+    assert_int_equal(f->slots[5].admin, SLOT_READY);
+}
+
 static void test_overflow(void **state)
 {
     struct fixture *f = *state;
@@ -594,6 +690,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_back_while_draining, setup, teardown),
         cmocka_unit_test_setup_teardown(test_promotion, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fill_before_drain_across_backends, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_last_canary_revert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_last_canary_keeps_fills, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_last_canary_only_the_last, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_last_canary_all_of_them, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weight_change, setup, teardown),
         cmocka_unit_test_setup_teardown(test_address_change, setup, teardown),
