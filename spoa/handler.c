@@ -98,6 +98,8 @@ struct request {
     struct str accept_encoding;
     int64_t accept_encoding_headers;
     struct str if_none_match;
+    /* If-None-Match lines: Node joins them, HAProxy hands over the last. */
+    int64_t if_none_match_headers;
     struct str cache_control;
     /* App Router headers: counts (req.hdr_cnt: a comma splits a value) and
      * the whole values of the ones the answer depends on. */
@@ -216,6 +218,7 @@ static void read_request(struct spoe_msg *m, struct request *rq)
         {"accept_encoding_headers", offsetof(struct request, accept_encoding_headers)},
         {"accept_language_headers", offsetof(struct request, accept_language_headers)},
         {"cache_control_headers", offsetof(struct request, cache_control_headers)},
+        {"if_none_match_headers", offsetof(struct request, if_none_match_headers)},
         {"if_modified_since", offsetof(struct request, if_modified_since)},
     };
     const char *n;
@@ -507,6 +510,10 @@ static bool must_bypass(const struct request *rq, const struct spoa_conf *conf)
     /* The origin reads every Cookie line, the edge only the last one: a
      * session or preview cookie may hide in another. */
     if (rq->cookie_headers > 1)
+        return true;
+    /* Next answers 304 when any tag of any If-None-Match line matches; the
+     * edge would judge the last line alone. Rare enough to leave to Next. */
+    if (rq->if_none_match_headers > 1)
         return true;
     if (rq->cookie.len) {
         if (cookie_get(rq->cookie.p, rq->cookie.len, "__prerender_bypass", &v, &vl) ||
