@@ -361,6 +361,12 @@ static void test_fill_before_drain_across_backends(void **state)
     }
 }
 
+static void apply_plan(struct fixture *f)
+{
+    for (size_t i = 0; i < f->plan.n; i++)
+        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+}
+
 /* Plans, holds the last canary drains back, and applies what is left. */
 static size_t plan_held(struct fixture *f)
 {
@@ -368,8 +374,7 @@ static size_t plan_held(struct fixture *f)
 
     do_plan(f);
     held = reconcile_hold_last_canary(&f->plan, f->slots, NSLOTS);
-    for (size_t i = 0; i < f->plan.n; i++)
-        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+    apply_plan(f);
     return held;
 }
 
@@ -429,8 +434,7 @@ static void test_hold_last_canary_only_the_last(void **state)
     assert_int_equal(f->slots[5].admin, SLOT_READY);
     /* once let go, nothing is ready in the canary backend: nothing to hold */
     do_plan(f);
-    for (size_t i = 0; i < f->plan.n; i++)
-        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+    apply_plan(f);
     assert_int_equal(f->slots[5].admin, SLOT_DRAIN);
     f->cfg.now += 60;
     assert_int_equal(plan_held(f), 0);
@@ -447,8 +451,7 @@ static void test_hold_last_canary_all_of_them(void **state)
     set_inst(f, 4, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100, POOL_STABLE,
              "c", "10.0.0.3", 3001, 50, POOL_CANARY, "d", "10.0.0.5", 3001, 50, POOL_CANARY);
     do_plan(f);
-    for (size_t i = 0; i < f->plan.n; i++)
-        reconcile_apply_op(f->slots, NSLOTS, &f->plan.op[i], f->cfg.now);
+    apply_plan(f);
     set_inst(f, 2, "a", "10.0.0.1", 3000, 100, POOL_STABLE, "b", "10.0.0.2", 3000, 100,
              POOL_STABLE);
     assert_int_equal(plan_held(f), 2);
