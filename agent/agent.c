@@ -673,7 +673,9 @@ static void hold_last_canary(struct agent *a, struct agent_svc *s, struct plan *
         if (a->canary_hold_since > 0) {
             log_notice("canary_drain_released", "service=%s waited_ms=%.1f reason=%s",
                        s->conf->name, (now - a->canary_hold_since) * 1000,
-                       confirmed ? "spoa-confirmed" : "canary-back");
+                       confirmed                                      ? "spoa-confirmed"
+                       : pool_set_count(&r->planned, POOL_CANARY) > 0 ? "canary-back"
+                                                                      : "wait-off");
             if (confirmed)
                 metrics_counter_inc(a->c_hold_confirmed);
             a->canary_hold_since = 0;
