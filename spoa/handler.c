@@ -36,6 +36,7 @@
 #define VAR_TOKEN "token"
 #define VAR_POOL "pool"
 #define VAR_PIN "set_pool"
+#define VAR_UNPIN "unpin"
 
 /* The cookie that pins a user to a pool: "<pool>.<build>" (haproxy.cfg sets it). */
 #define POOL_COOKIE "cedra_pool"
@@ -120,6 +121,7 @@ struct who {
     int locale; /* -1: none */
     int pool;   /* index in conf->pools, -1: no pools configured, POOL_UNKNOWN_CANARY */
     bool pin;   /* a (new) pin cookie must be set */
+    bool unpin; /* the pin cookie must be removed: no canary, it pins nothing */
     char pin_value[PIN_MAX];
 };
 
@@ -280,6 +282,8 @@ static void put_who(struct spoe_wbuf *w, const struct spoa_conf *conf, const str
         put_str_var(w, VAR_POOL, name, strlen(name));
         if (who->pin)
             put_str_var(w, VAR_PIN, who->pin_value, strlen(who->pin_value));
+        else if (who->unpin)
+            put_int_var(w, VAR_UNPIN, 1);
     }
 }
 
@@ -296,7 +300,10 @@ static uint64_t next_rand(struct handler *h)
 /* The pool of a request. While a canary is live, every user is pinned with a
  * cookie naming the pool and its build; a cookie that names no live pool and
  * build (forged, or a build gone) is ignored and the user drawn again, with
- * the canary share. Without a canary, everybody is on stable, unpinned. */
+ * the canary share. Without a canary, everybody is on stable, unpinned, and
+ * a pin left from the last canary is removed: it would otherwise keep its
+ * user off HAProxy's fast lane (whose guard sends every cedra_pool cookie to
+ * SPOE) until the cookie expires. */
 static void choose_pool(struct handler *h, const struct request *rq, const struct spoa_conf *conf,
                         struct who *who)
 {
@@ -306,7 +313,7 @@ static void choose_pool(struct handler *h, const struct request *rq, const struc
     unsigned i;
 
     who->pool = conf->npools ? 0 : -1;
-    who->pin = false;
+    who->pin = who->unpin = false;
     /* Restarted or reloaded, cedra-spoa knows only the file's pools until
      * cedra-agent pushes the canary: a canary user is not moved to stable
      * meanwhile (nor served stable pages from the edge). */
@@ -314,8 +321,13 @@ static void choose_pool(struct handler *h, const struct request *rq, const struc
         cookie_get(rq->cookie.p, rq->cookie.len, POOL_COOKIE, &v, &vl) && vl > 7 &&
         memcmp(v, "canary.", 7) == 0)
         who->pool = POOL_UNKNOWN_CANARY;
-    if (!canary)
+    if (!canary) {
+        /* Only once cedra-agent said there is no canary: after a restart, a
+         * canary pin is kept until the canary's state is known. */
+        who->unpin = conf->canary_known && conf->npools && rq->cookie.len &&
+                     cookie_get(rq->cookie.p, rq->cookie.len, POOL_COOKIE, &v, &vl);
         return;
+    }
     if (rq->cookie.len && cookie_get(rq->cookie.p, rq->cookie.len, POOL_COOKIE, &v, &vl)) {
         for (i = 0; i < conf->npools; i++) {
             const struct spoa_pool *p = &conf->pools[i];

@@ -35,9 +35,11 @@ One stack for the class; the steps run in order and each needs the previous:
      auto_revert stops it, same stop model as in 3) -> under load, its users
      are served by stable b2 without a failed request, the canary pool is gone
      from cedra-spoa, and with no canary nobody is pinned (the stale
-     canary.b3 pin is ignored: no Set-Cookie, stable build);
+     canary.b3 pin is ignored and removed: one Set-Cookie with Max-Age=0,
+     stable build);
   5. forged pins after the revert (canary.bogus, canary.b3, ...) never reach a
-     canary server (HAProxy's storefront_canary counters do not move).
+     canary server (HAProxy's storefront_canary counters do not move), and
+     are removed.
 
 Figures (shares, request and failure counts) go to stderr.
 
@@ -516,8 +518,12 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
         # the promoted build keeps its pool until the old one is gone.
         self.assertEqual(flip_back, 0, "canary-pinned users served by the old build")
         # no canary pool at any point after the flip with a different stable
-        # build: nobody gets pinned (or re-pinned) during the promotion
-        self.assertEqual([a for a in answers if a.pins], [])
+        # build: nobody gets pinned (or re-pinned) during the promotion; once
+        # the canary is off, each pin is removed, once (the browser drops it)
+        self.assertEqual([a for a in answers if any(a.pins)], [])
+        for u in users:
+            self.assertEqual(sum(1 for a in u.answers if a.pins == [""]), 1,
+                             (u.uid, [a for a in u.answers if a.pins]))
         for u in users:
             last = [a for a in u.answers if a.t0 >= t_final]
             self.assertTrue(last and all(a.build == "b2" and a.inst in ("c2", "n2")
@@ -609,12 +615,16 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
         self.assertEqual(failed, [], "failed requests during the revert")
         self.assertTrue(before_rev and all(a.inst == "c3" for a in before_rev),
                         before_rev[:5])
-        # once cedra-spoa has no canary: stable b2, the stale pin ignored, and
-        # nobody is pinned while no canary is live
+        # once cedra-spoa has no canary: stable b2, the stale pin ignored and
+        # removed, and nobody is pinned while no canary is live
         self.assertTrue(after_off)
         for a in after_off:
-            self.assertEqual((a.build, a.pins), ("b2", []), a)
+            self.assertEqual(a.build, "b2", a)
+            self.assertIn(a.pins, ([], [""]), a)
             self.assertIn(a.inst, ("c2", "n2"), a)
+        for u in load_users:
+            self.assertLessEqual(sum(1 for a in u.answers if a.pins == [""]), 1, u.uid)
+            self.assertIsNone(u.cookie(), (u.uid, u.pin))
         # nothing but b2 and b3 was ever served to anyone in this step
         self.assertLessEqual({a.build for a in answers}, {"b2", "b3"})
         self.__class__.c3_users = c3_users
@@ -628,7 +638,7 @@ class EdgeCanaryTest(harness.IntegrationTestCase):
             for _ in range(20):
                 a = request(self.port, "a=1; cedra_pool=%s" % f)
                 self.assertTrue(a.ok(), (f, a))
-                self.assertEqual((a.build, a.pins, a.cache), ("b2", [], "BYPASS"), (f, a))
+                self.assertEqual((a.build, a.pins, a.cache), ("b2", [""], "BYPASS"), (f, a))
                 self.assertIn(a.inst, ("c2", "n2"), (f, a))
         self.assertEqual(backend_total(self.hsock, "storefront_canary"), before)
         self.passed(5)

@@ -314,6 +314,24 @@ class LaneTest(HaproxyCase):
             (st, hdrs, body), skipped = self.on_lane(path)
             self.assertFalse(skipped, "a page was published while a canary is live")
 
+    def test_a_pin_left_by_a_canary_is_removed_and_its_user_back_on_the_lane(self):
+        for cmd in ("set pool canary key-prefix canary: routes pathname build b2",
+                    "set pool canary off"):
+            self.assertNotIn("rror", harness.unix_command(self.sock, cmd, errors="strict"))
+        _, path = self.hot()
+        # The lane's guard sends any cedra_pool cookie to SPOE, which now
+        # removes it: it pins nothing once the canary is gone.
+        (st, hdrs, body), skipped = self.on_lane(path, {"Cookie": "cedra_pool=canary.b2"})
+        self.assertFalse(skipped)
+        self.assertEqual((st, hdrs.get("x-cedra-cache"), body), (200, "HIT", self.html))
+        self.assertEqual(hdrs.get("set-cookie"),
+                         "cedra_pool=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+        # The browser drops it: its next request is on the lane.
+        (st, hdrs, body), skipped = self.on_lane(path)
+        self.assertTrue(skipped)
+        self.assertEqual((st, hdrs.get("x-cedra-cache"), body), (200, "HIT", self.html))
+        self.assertNotIn("set-cookie", hdrs)
+
     def test_haproxy_losing_its_map_is_noticed(self):
         _, path = self.hot()
         out = harness.unix_command(self.hap_sock, "clear map %s" % LANE_MAP, errors="strict")

@@ -60,10 +60,15 @@ class PoolsTest(HaproxyCase):
         return "canary" if hdrs.get("x-origin") == "canary" else "stable"
 
     def test_share_pinning_and_builds(self):
-        # No canary: nobody is pinned.
+        # No canary: nobody is pinned. Nor unpinned while cedra-agent has not
+        # said whether a canary is live (a canary pin waits for that).
         st, hdrs, _ = self.get()
         self.assertEqual((st, self.served_by(hdrs)), (200, "stable"))
         self.assertNotIn("set-cookie", hdrs)
+        for cookie in ("cedra_pool=stable.b1", "cedra_pool=canary.b2"):
+            st, hdrs, _ = self.get(cookie=cookie)
+            self.assertEqual(st, 200)
+            self.assertNotIn("set-cookie", hdrs, cookie)
 
         self.cmd("set pool canary key-prefix c: routes pathname build b2")
         self.cmd("set pool canary weight 50")
@@ -119,11 +124,18 @@ class PoolsTest(HaproxyCase):
         self.assertNotIn("set-cookie", hdrs)
         self.cmd("set pool stable key-prefix s: routes pathname build b1")
 
-        # Canary gone (auto-revert): its users are back on stable, unpinned.
+        # Canary gone (auto-revert): its users are back on stable, and every
+        # pin is removed (it pins nothing, and keeps its user off the lane).
         self.cmd("set pool canary off")
-        st, hdrs, _ = self.get(cookie="cedra_pool=canary.b2")
-        self.assertEqual(self.served_by(hdrs), "stable")
-        self.assertNotIn("set-cookie", hdrs)
+        for cookie in ("cedra_pool=canary.b2", "a=1; cedra_pool=stable.b1", "cedra_pool=x"):
+            st, hdrs, _ = self.get(cookie=cookie)
+            self.assertEqual((st, self.served_by(hdrs)), (200, "stable"), cookie)
+            self.assertEqual(hdrs.get("set-cookie"),
+                             "cedra_pool=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax", cookie)
+        for cookie in (None, "a=1", "xcedra_pool=1"):
+            st, hdrs, _ = self.get(cookie=cookie)
+            self.assertEqual(st, 200)
+            self.assertNotIn("set-cookie", hdrs, cookie)
 
     def test_edge_reads_the_pinned_builds_keys(self):
         chair = load_value("product-chair.json")
