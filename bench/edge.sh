@@ -46,6 +46,12 @@
 #      copy (made once) through cedra-spoa's delivery server (a binary body
 #      cannot go into "http-request return"). Z and Y only when the binary
 #      answers gzip (gzip-level)
+#   N  J with "haproxy-cache on": every request through SPOE, whose ACK names
+#      the entry (id) rather than carrying the page, which HAProxy serves from
+#      its own cache, filled once per version by cedra-spoa's delivery server
+#      (K, shipped). Only when the binary knows "haproxy-cache"
+#   W  N with a browser's Accept-Encoding: the gzip copy, from HAProxy's
+#      cache likewise
 #   S  A's static return behind the shipped SPOE filter and message, with
 #      "bench/fake_spoa.py --minimal" answering one variable: the SPOE exchange
 #      alone, the ceiling of B/A and B/D for any agent on this HAProxy
@@ -68,7 +74,7 @@
 #   CEDRA_BENCH_ORIGIN       1: set up (setup.sh v16, may build for minutes)
 #                            and run E; 0: never; unset: run E if the v16
 #                            fixture is already built
-#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHJKLSYZ]
+#   CEDRA_BENCH_VARIANTS     subset to run, e.g. "AB"                   [ABCDEFGHJKLNSWYZ]
 #   CEDRA_BENCH_KEEP=1       keep the temporary directory (logs, raw outputs)
 #   CEDRA_SPOA               cedra-spoa binary       [build/spoa/cedra-spoa]
 # Total time without E: ~20 s of setup and checks, then (10 wrk variants + F) x
@@ -89,7 +95,7 @@ wrk_t=${CEDRA_BENCH_WRK_THREADS:-2}
 conns=${CEDRA_BENCH_CONNECTIONS:-50}
 nbthread=${CEDRA_BENCH_NBTHREAD:-2}
 spoa_threads=${CEDRA_BENCH_SPOA_THREADS:-2}
-variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHJKLSYZ}
+variants=${CEDRA_BENCH_VARIANTS:-ABCDEFGHJKLNSWYZ}
 gzip_ae="gzip, deflate, br, zstd" # Chrome's and Firefox's
 origin_mode=${CEDRA_BENCH_ORIGIN:-auto}
 path=/fr/products/chair
@@ -140,14 +146,16 @@ wait_port() { # NAME PORT [SECONDS]
 }
 
 read -r p_redis p_stub p_spoa p_deliver p_a p_b p_c p_d p_oredis p_next p_fake p_g p_spoa0 p_deliver0 p_h \
-    p_fake_s p_s p_fake_k p_k p_fill p_l p_lfill p_spoaj p_deliverj p_j < <("${util[@]}" ports 25)
+    p_fake_s p_s p_fake_k p_k p_fill p_l p_lfill p_spoaj p_deliverj p_j p_spoan p_delivern p_n \
+    < <("${util[@]}" ports 28)
 [[ $variants == *G* && $variants != *B* ]] && variants=${variants//G/}   # G replays B's agent
 [[ $variants == *Z* && $variants != *B* ]] && variants=${variants//Z/}   # Z and Y: B's and J's stacks
 [[ $variants == *Y* && $variants != *J* ]] && variants=${variants//Y/}
+[[ $variants == *W* && $variants != *N* ]] && variants=${variants//W/}   # W: N's stack
 printf 'listen 127.0.0.1:%s\ngzip-level 6\n' "$p_spoa0" >"$tmp/gzip-probe.conf"
-if ! "$spoa_bin" -c -f "$tmp/gzip-probe.conf" >/dev/null 2>&1 && [[ $variants == *[YZ]* ]]; then
-    log "Y and Z skipped: $spoa_bin does not answer gzip (no gzip-level)"
-    variants=${variants//[YZ]/}
+if ! "$spoa_bin" -c -f "$tmp/gzip-probe.conf" >/dev/null 2>&1 && [[ $variants == *[YZW]* ]]; then
+    log "Y, Z and W skipped: $spoa_bin does not answer gzip (no gzip-level)"
+    variants=${variants//[YZW]/}
 fi
 # H: cedra-spoa with its L1 off, if it has one.
 printf 'listen 127.0.0.1:%s\nl1-size 0\n' "$p_spoa0" >"$tmp/l1-probe.conf"
@@ -161,6 +169,12 @@ else
     fi
 fi
 echo "$spoa_l1" >"$tmp/spoa-l1"
+# N and W: cedra-spoa with "haproxy-cache on", if it knows it.
+printf 'listen 127.0.0.1:%s\ndeliver 127.0.0.1:%s\nhaproxy-cache on\n' "$p_spoan" "$p_delivern" >"$tmp/hc-probe.conf"
+if ! "$spoa_bin" -c -f "$tmp/hc-probe.conf" >/dev/null 2>&1 && [[ $variants == *[NW]* ]]; then
+    log "N and W skipped: $spoa_bin has no haproxy-cache"
+    variants=${variants//[NW]/}
+fi
 # B: with the fast lane, if the binary has one.
 printf 'listen 127.0.0.1:%s\nlane-socket %s\nlane-map %s\nlane-cookies %s\ndeliver 127.0.0.1:%s\n' "$p_spoa" \
     "$tmp/haproxy-b.sock" "$repo/haproxy/cedra-lane.map" "$repo/haproxy/cedra-lane-cookies.acl" "$p_deliver" \
@@ -219,6 +233,7 @@ EOF
 }
 spoa_conf "$p_spoa" "$p_deliver" cedra-spoa "$lane_conf" >"$tmp/cedra-spoa.conf"
 spoa_conf "$p_spoaj" "$p_deliverj" cedra-spoa-j >"$tmp/cedra-spoa-j.conf"
+spoa_conf "$p_spoan" "$p_delivern" cedra-spoa-n "haproxy-cache on" >"$tmp/cedra-spoa-n.conf"
 spoa_conf "$p_spoa0" "$p_deliver0" cedra-spoa-l1off "l1-size 0" >"$tmp/cedra-spoa-l1off.conf"
 hap_common=(CEDRA_NBTHREAD="$nbthread" CEDRA_ORIGIN_ADDR="127.0.0.1:$p_stub"
             CEDRA_HAPROXY_LOG=stderr CEDRA_HAPROXY_LOG_LEVEL=err)
@@ -235,6 +250,13 @@ if has J; then
     wait_port spoaj "$p_spoaj"
     start hap_j env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_j" CEDRA_SPOA_ADDR="127.0.0.1:$p_spoaj" \
         CEDRA_DELIVER_ADDR="127.0.0.1:$p_deliverj" CEDRA_HAPROXY_SOCK="$tmp/haproxy-j.sock" \
+        CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$repo/haproxy/haproxy.cfg"
+fi
+if has N; then
+    start spoan "$spoa_bin" -f "$tmp/cedra-spoa-n.conf"
+    wait_port spoan "$p_spoan"
+    start hap_n env "${hap_common[@]}" CEDRA_HTTP_BIND="127.0.0.1:$p_n" CEDRA_SPOA_ADDR="127.0.0.1:$p_spoan" \
+        CEDRA_DELIVER_ADDR="127.0.0.1:$p_delivern" CEDRA_HAPROXY_SOCK="$tmp/haproxy-n.sock" \
         CEDRA_SPOA_CHECK_INTER=500ms haproxy -db -f "$repo/haproxy/haproxy.cfg"
 fi
 if has H; then
@@ -275,9 +297,9 @@ has C && start hap_c env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=0 CE
 has D && start hap_d env "${hap_common[@]}" "${lua_env[@]}" CEDRA_LUA_CACHE=1 CEDRA_HTTP_BIND="127.0.0.1:$p_d" \
     haproxy -db -f "$here/lua/haproxy-lua.cfg"
 
-declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l [J]=$p_j [Z]=$p_b [Y]=$p_j)
+declare -A port=([A]=$p_a [B]=$p_b [C]=$p_c [D]=$p_d [E]=$p_next [G]=$p_g [H]=$p_h [S]=$p_s [K]=$p_k [L]=$p_l [J]=$p_j [Z]=$p_b [Y]=$p_j [N]=$p_n [W]=$p_n)
 wait_port stub "$p_stub"
-for v in A B C D G H J S K L; do
+for v in A B C D G H J N S K L; do
     if has $v; then wait_port "hap_${v,,}" "${port[$v]}"; fi
 done
 
@@ -310,7 +332,7 @@ fi
 if has D; then
     python3 "$here/lua/exact_check.py" "${port[D]}" "$p_redis" "$tmp/key" >&2 || die "D is not exact"
 fi
-for v in A B C D G H J S K L Y Z; do
+for v in A B C D G H J N S K L Y Z W; do
     has $v && "${util[@]}" verify "$v" "${port[$v]}" "$tmp" 200 >&2
 done
 
@@ -321,6 +343,8 @@ has B && procs[B]="haproxy=$pid_hap_b cedra-spoa=$pid_spoa valkey=$pid_redis"
 has J && procs[J]="haproxy=$pid_hap_j cedra-spoa=$pid_spoaj valkey=$pid_redis"
 has Z && procs[Z]=${procs[B]}
 has Y && procs[Y]=${procs[J]}
+has N && procs[N]="haproxy=$pid_hap_n cedra-spoa=$pid_spoan valkey=$pid_redis"
+has W && procs[W]=${procs[N]}
 has C && procs[C]="haproxy=$pid_hap_c valkey=$pid_redis"
 has D && procs[D]="haproxy=$pid_hap_d valkey=$pid_redis"
 has G && procs[G]="haproxy=$pid_hap_g fake-agent=$pid_fake"
@@ -332,7 +356,7 @@ has E && procs[E]="next=$pid_next valkey=$pid_oredis"
 
 run_wrk() { # VARIANT SECONDS OUTFILE
     local ae=()
-    [[ $1 == [YZ] ]] && ae=(-H "Accept-Encoding: $gzip_ae")
+    [[ $1 == [YZW] ]] && ae=(-H "Accept-Encoding: $gzip_ae")
     wrk -t"$wrk_t" -c"$conns" -d"$2s" --latency "${ae[@]}" "http://127.0.0.1:${port[$1]}$path" >"$3"
 }
 rb_n=100000
@@ -341,7 +365,7 @@ run_rb() { # OUTFILE
 }
 
 log "warm-up: ${warm}s per variant"
-for v in A B C D E G H J S K L Y Z; do
+for v in A B C D E G H J N S K L Y Z W; do
     has $v && run_wrk $v "$warm" "$tmp/warm.$v"
 done
 if has F; then
@@ -352,11 +376,12 @@ if has F; then
 fi
 
 order=""
-for v in A B C D E F G H J S K L Y Z; do has $v && order+=$v; done
-spoa_before="" spoa0_before="" spoaj_before=""
+for v in A B C D E F G H J N S K L Y Z W; do has $v && order+=$v; done
+spoa_before="" spoa0_before="" spoaj_before="" spoan_before=""
 has B && spoa_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa.sock")
 has H && spoa0_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")
 has J && spoaj_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-j.sock")
+has N && spoan_before=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-n.sock")
 log "measuring: $rounds rounds of ${dur}s, wrk -t$wrk_t -c$conns, HAProxy nbthread $nbthread, order rotates: $order"
 for ((r = 1; r <= rounds; r++)); do
     rot=${order:r-1}${order:0:r-1}
@@ -384,6 +409,10 @@ fi
 if has J; then
     spoaj_after=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-j.sock")
     echo "$spoaj_before $spoaj_after" >"$tmp/spoa-metrics.J"
+fi
+if has N; then
+    spoan_after=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-n.sock")
+    echo "$spoan_before $spoan_after" >"$tmp/spoa-metrics.N"
 fi
 if has H; then
     spoa0_after=$("${util[@]}" spoa-metrics "$tmp/cedra-spoa-l1off.sock")

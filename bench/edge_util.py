@@ -261,9 +261,9 @@ def verify(label, port, out, n):
         body = f.read()
     with open(os.path.join(out, "expected.json")) as f:
         expected = json.load(f)
-    # Y and Z: a browser's Accept-Encoding; Next answers gzip, Content-Length
+    # Y, Z and W: a browser's Accept-Encoding; Next answers gzip, Content-Length
     # that of the gzip bytes (which need not be Node's: compared decoded).
-    ae = GZIP_AE if label in "YZ" else None
+    ae = GZIP_AE if label in "YZW" else None
     if ae:
         expected = dict(expected, **{"content-encoding": "gzip"})
         expected.pop("content-length", None)
@@ -336,7 +336,8 @@ def spoa_metrics(sock):
         m = re.match(r'cedra_spoa_requests_total\{([^}]*)\} (\d+)', line)
         if m:
             total += int(m.group(2))
-            if 'decision="edge"' in m.group(1) and 'cache="HIT"' in m.group(1):
+            if ('decision="edge"' in m.group(1) or 'decision="cache"' in m.group(1)) and \
+                    'cache="HIT"' in m.group(1):
                 hit += int(m.group(2))
     print(hit, total)
 
@@ -442,6 +443,8 @@ NAMES = {
     "J": "B with the fast lane off: SPOE on every request",
     "Z": "B, browser Accept-Encoding: gzip (lane's gzip copy)",
     "Y": "J, browser Accept-Encoding: gzip (delivery server)",
+    "N": "J with haproxy-cache on: SPOE, page from HAProxy's cache",
+    "W": "N, browser Accept-Encoding: gzip (HAProxy's cache)",
     "H": "HAProxy (shipped cfg) + cedra-spoa, l1-size 0 (Valkey path)",
     "C": "HAProxy + Lua, Valkey per request (core.tcp pool)",
     "D": "HAProxy + Lua, per-thread table cache",
@@ -489,7 +492,7 @@ def report(d, title):
         print("(this cedra-spoa has no L1 page cache: B is the Valkey path, H is not run)")
     print()
     print("   %-58s %7s  %-20s %-16s %s" % ("variant", "req/s", "rounds", "p50/p99", "failed (non-2xx+errors)"))
-    for v in "ABZJYHCDEGSKL":
+    for v in "ABZJYNWHCDEGSKL":
         rs = wrk.get(v)
         if not rs:
             continue
@@ -523,6 +526,11 @@ def report(d, title):
             ("Y/A", "Y", "A", "browser (gzip), lane off"),
             ("Y/D", "Y", "D", "browser (gzip), lane off"),
             ("Y/J", "Y", "J", "gzip (delivery) vs identity (return)"),
+            ("N/A", "N", "A", "SPOE, page from HAProxy's cache"),
+            ("N/D", "N", "D", "SPOE, page from HAProxy's cache"),
+            ("N/J", "N", "J", "haproxy-cache on vs off"),
+            ("W/D", "W", "D", "browser (gzip), haproxy-cache on"),
+            ("W/Y", "W", "Y", "browser (gzip), haproxy-cache on vs off"),
             ("G/A", "G", "A", "HAProxy side, agent ~free"),
             ("S/A", "S", "A", "SPOE exchange alone: ceiling of B/A"),
             ("S/D", "S", "D", "SPOE exchange alone: ceiling of B/D"),
@@ -544,7 +552,7 @@ def report(d, title):
         print("CPU per request, microseconds (utime+stime of the server-side processes / requests")
         print("sent, all rounds; wrk's own CPU not included):")
         cost = {}
-        for v in "ABZJYHCDEGSKL":
+        for v in "ABZJYNWHCDEGSKL":
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
@@ -561,6 +569,9 @@ def report(d, title):
                                    ("Z/D", "Z", "D", "gzip, lane on"),
                                    ("Y/A", "Y", "A", "gzip, lane off"),
                                    ("Y/J", "Y", "J", "gzip vs identity, lane off"),
+                                   ("N/D", "N", "D", "haproxy-cache on"),
+                                   ("N/J", "N", "J", "haproxy-cache on vs off"),
+                                   ("W/Y", "W", "Y", "gzip, haproxy-cache on vs off"),
                                    ("G/A", "G", "A", "HAProxy side, agent ~free"),
                                    ("G/D", "G", "D", ""), ("G/C", "G", "C", ""),
                                    ("S/A", "S", "A", "ceiling of B/A with SPOE"),
@@ -573,14 +584,14 @@ def report(d, title):
             if x in cost and y in cost and cost[x] > 0:
                 print("  %-4s %8.2f   %s" % (name, cost[y] / cost[x], target))
     print()
-    for v in "BJH":
+    for v in "BJNH":
         try:
             with open(os.path.join(d, "spoa-metrics." + v)) as f:
                 h0, t0, h1, t1 = (int(x) for x in f.read().split())
         except (OSError, ValueError):
             continue
-        # Z runs on B's stack and Y on J's: their requests count there too.
-        also = {"B": "Z", "J": "Y"}.get(v, "")
+        # Z runs on B's stack, Y on J's and W on N's: their requests count there too.
+        also = {"B": "Z", "J": "Y", "N": "W"}.get(v, "")
         sent = sum(r["requests"] for x in v + also for r in wrk.get(x, []))
         print("cedra-spoa during the %s rounds: %d decisions, %d edge HIT; wrk sent %d requests" % (
             "+".join(x for x in v + also if x in wrk), t1 - t0, h1 - h0, sent))

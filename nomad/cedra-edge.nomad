@@ -224,6 +224,8 @@ job "cedra-edge" {
         stats-socket {{ env "NOMAD_ALLOC_DIR" }}/run/spoa-admin.sock mode 600
         metrics {{ env "NOMAD_IP_spoa_metrics" }}:{{ env "NOMAD_PORT_spoa_metrics" }}
         deliver 127.0.0.1:{{ env "NOMAD_PORT_deliver" }}
+        # Edge HITs served from HAProxy's own cache, keyed by entry id.
+        haproxy-cache on
 
         {{- with service "valkey|any" }}{{ with index . 0 }}
         valkey {{ .Address }}:{{ .Port }}

@@ -184,6 +184,7 @@ valkey 127.0.0.1:$redis_port
 valkey-timeout ${CEDRA_DEMO_VALKEY_TIMEOUT:-250ms}
 pool stable key-prefix storefront:stable: routes $work/routes/stable.table build stable
 deliver 127.0.0.1:$deliver_port
+haproxy-cache on
 session-cookie sid
 locales fr nl en
 default-locale fr

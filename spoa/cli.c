@@ -6,6 +6,7 @@
 #include "conf.h"
 #include "config.h"
 #include "deliver.h"
+#include "fill.h"
 #include "l1.h"
 #include "lane.h"
 #include "log.h"
@@ -57,6 +58,20 @@ static int show_info(struct opsock_out *out, int argc, char **argv, void *ud)
                       (unsigned long long)ls.unknown_fills, (unsigned long long)ls.commands,
                       (unsigned long long)ls.failures, (unsigned long long)ls.setups,
                       (unsigned long long)ls.checks);
+    }
+    if (st->fill) {
+        struct fill_stats fs;
+
+        fill_get_stats(st->fill, &fs);
+        opsock_printf(out,
+                      "Haproxy_cache_entries: %llu\nHaproxy_cache_grace_entries: %llu\n"
+                      "Haproxy_cache_offered: %llu\nHaproxy_cache_refused: %llu\n"
+                      "Haproxy_cache_fills: %llu\nHaproxy_cache_grace_fills: %llu\n"
+                      "Haproxy_cache_unknown_fills: %llu\n",
+                      (unsigned long long)fs.entries, (unsigned long long)fs.grace_entries,
+                      (unsigned long long)fs.offered, (unsigned long long)fs.refused,
+                      (unsigned long long)fs.fills, (unsigned long long)fs.grace_fills,
+                      (unsigned long long)fs.unknown_fills);
     }
     opsock_printf(out, "Locales: ");
     for (unsigned i = 0; i < c->locales.n; i++)

@@ -11,6 +11,7 @@ struct spoa_stats;
 struct deliver;
 struct l1;
 struct lane;
+struct fill;
 
 /* What the commands read and act on; owned by main.c. */
 struct cli_state {
@@ -22,6 +23,7 @@ struct cli_state {
     struct deliver *deliver; /* may be NULL */
     struct l1 *l1;           /* may be NULL */
     struct lane *lane;       /* may be NULL */
+    struct fill *fill;       /* may be NULL */
     /* Publishes a new configuration to the workers (set pool ...). */
     void (*publish)(void *ud, struct spoa_conf *c);
     bool (*tracking_up)(void *ud); /* NULL without an in-process cache */

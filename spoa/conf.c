@@ -106,6 +106,7 @@ void spoa_conf_defaults(struct spoa_conf *c)
     c->lock_ms = 10000;
     c->lane_grace = 5.0;
     c->lane_max_entries = 10000;
+    c->haproxy_cache_entries = 20000;
     c->stats_mode = 0600;
     c->stats_maxconn = 32;
     str_copy(c->lock_prefix, "cedra:revalidate:", sizeof(c->lock_prefix));
@@ -544,6 +545,17 @@ static int on_line(const struct cfg_line *l, void *ud, char *err, size_t errlen)
         c->lane_max_entries = (unsigned)v;
         return 0;
     }
+    if (!strcmp(kw, "haproxy-cache")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_bool(l->argv[1], &c->haproxy_cache) < 0)
+            goto bad;
+        return 0;
+    }
+    if (!strcmp(kw, "haproxy-cache-entries")) {
+        if (cfg_want_args(l, 1, err, errlen) < 0 || parse_uint(l->argv[1], 1, 1000000, &v) < 0)
+            goto bad;
+        c->haproxy_cache_entries = (unsigned)v;
+        return 0;
+    }
     if (!strcmp(kw, "session-cookie")) {
         if (l->argc < 2 || l->argc - 1 > SPOA_MAX_SESSION_COOKIES)
             goto bad;
@@ -598,6 +610,12 @@ static int finish(struct spoa_conf *c, char *err, size_t errlen)
     if (c->lane_socket[0] && (!c->has_deliver || !c->l1_size)) {
         snprintf(err, errlen,
                  "the fast lane needs 'deliver' (it fills HAProxy's cache) and the "
+                 "in-process cache ('l1-size' above 0)");
+        return -1;
+    }
+    if (c->haproxy_cache && (!c->has_deliver || !c->l1_size)) {
+        snprintf(err, errlen,
+                 "haproxy-cache needs 'deliver' (it fills HAProxy's cache) and the "
                  "in-process cache ('l1-size' above 0)");
         return -1;
     }

@@ -94,6 +94,11 @@ struct spoa_conf {
     double lane_grace;
     unsigned lane_max_entries;
 
+    /* Edge hits answered from HAProxy's cache by entry id (spoa/fill.h),
+     * fixed at start-up. */
+    bool haproxy_cache;
+    unsigned haproxy_cache_entries;
+
     /* Set by the main thread when it publishes this configuration: answers
      * decided under an older one are not published to the lane. */
     uint64_t gen;

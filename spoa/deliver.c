@@ -39,6 +39,7 @@ struct deliver {
     unsigned max_parked;
     double ttl;
     struct lane *lane;
+    struct fill *fill;
     struct deliver_stats st;
 };
 
@@ -211,21 +212,66 @@ static int hexval(char c)
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* 16 lower-case hex digits: an entry id. */
+static int parse_id(const char *p, uint64_t *id)
+{
+    *id = 0;
+    for (int i = 0; i < 16; i++) {
+        int v = hexval(p[i]);
+
+        if (v < 0)
+            return -1;
+        *id = *id << 4 | (uint64_t)v;
+    }
+    return 0;
+}
+
+/* A fill of HAProxy's cache: the entry's page as a FRESH HIT, in gzip when
+ * asked for and Next would compress it. Takes ref. */
+static enum MHD_Result serve_fill(struct MHD_Connection *conn, struct l1_ref *ref,
+                                  const struct isr_conf *isr, bool gz)
+{
+    const struct isr_entry *e = l1_ref_entry(ref);
+    struct isr_headers hs;
+    struct MHD_Response *r;
+    enum MHD_Result rc;
+    const void *body;
+    size_t len;
+
+    if (isr_variant_headers(e, ISR_HTML, ISR_FRESH, false, isr, &hs) < 0) {
+        l1_release(ref);
+        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
+    }
+    /* Next compresses when its compress option is on and the page is big
+     * enough; a page is offered for gzip clients only with its gzip copy,
+     * so none here means gzip-level 0: the page as it is, as at the edge. */
+    gz = gz && isr->compress && e->body_len >= ISR_COMPRESS_MIN && e->body_gz.data;
+    body = gz ? (const void *)e->body_gz.data : (const void *)e->body;
+    len = gz ? e->body_gz.len : e->body_len;
+    r = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)body, release_ref_cb,
+                                                               ref);
+    if (!r) {
+        l1_release(ref);
+        return MHD_NO;
+    }
+    for (size_t i = 0; i < hs.n; i++)
+        MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
+    if (gz)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
+    rc = MHD_queue_response(conn, (unsigned)e->status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
 /* HAProxy's health check of the lane, and its cache fills:
  * GET /.cedra/lane/<16 hex digits: entry id><path>. */
 static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *conn, const char *url)
 {
     const char *p = url + strlen(LANE_FILL_PREFIX);
     struct isr_conf isr;
-    struct isr_headers hs;
-    struct MHD_Response *r;
-    const struct isr_entry *e;
     struct l1_ref *ref;
-    enum MHD_Result rc;
     uint64_t id = 0;
     bool grace, gz = false;
-    const void *body;
-    size_t len;
 
     if (strcmp(url, LANE_HEALTH_PATH) == 0) {
         /* Only the HAProxy process the lane was set up in may use it. */
@@ -240,13 +286,8 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
     }
     if (!d->lane)
         return simple(conn, MHD_HTTP_NOT_FOUND, "no lane\n");
-    for (int i = 0; i < 16; i++) {
-        int v = hexval(p[i]);
-
-        if (v < 0)
-            return simple(conn, MHD_HTTP_NOT_FOUND, "bad lane id\n");
-        id = id << 4 | (uint64_t)v;
-    }
+    if (parse_id(p, &id) < 0)
+        return simple(conn, MHD_HTTP_NOT_FOUND, "bad lane id\n");
     p += 16;
     /* <id>.gz: the copy for a client that accepts gzip (haproxy.cfg lists
      * the Accept-Encoding values, all of which make Next choose gzip). */
@@ -263,30 +304,45 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
         log_warning("lane_unknown_fill", "id=%016" PRIx64, id);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page gone, retry\n");
     }
-    e = l1_ref_entry(ref);
-    if (isr_variant_headers(e, ISR_HTML, ISR_FRESH, false, &isr, &hs) < 0) {
-        l1_release(ref);
-        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
+    return serve_fill(conn, ref, &isr, gz);
+}
+
+/* HAProxy's cache fills for "haproxy-cache on" answers:
+ * GET /.cedra/page/<16 hex digits: entry id>-<configuration generation>[.gz].
+ * The generation is part of HAProxy's cache key only (a reload may change
+ * the headers); the page is the one offered under the id. */
+static enum MHD_Result page_request(struct deliver *d, struct MHD_Connection *conn, const char *url)
+{
+    const char *p = url + strlen(FILL_PREFIX);
+    struct isr_conf isr;
+    struct l1_ref *ref;
+    uint64_t id;
+    bool grace, gz = false;
+    size_t ng = 0;
+
+    if (!d->fill)
+        return simple(conn, MHD_HTTP_NOT_FOUND, "no edge cache\n");
+    if (parse_id(p, &id) < 0 || p[16] != '-')
+        return simple(conn, MHD_HTTP_NOT_FOUND, "bad page id\n");
+    p += 17;
+    while (ng < 16 && hexval(p[ng]) >= 0)
+        ng++;
+    p += ng;
+    if (strcmp(p, ".gz") == 0)
+        gz = true;
+    else if (*p)
+        ng = 0;
+    if (ng == 0)
+        return simple(conn, MHD_HTTP_NOT_FOUND, "bad page id\n");
+    ref = fill_get(d->fill, id, &isr, &grace);
+    if (!ref) {
+        /* Only an id from an ACK gets here, and it stays known for the
+         * grace period after its entry left the in-process cache: HAProxy
+         * held the request longer than that, or cedra-spoa restarted. */
+        log_warning("page_unknown_fill", "id=%016" PRIx64, id);
+        return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page gone, retry\n");
     }
-    /* Next compresses when its compress option is on and the page is big
-     * enough; the lane publishes such a page only with its gzip copy, so
-     * none here means gzip-level 0: the page as it is, as at the edge. */
-    gz = gz && isr.compress && e->body_len >= ISR_COMPRESS_MIN && e->body_gz.data;
-    body = gz ? (const void *)e->body_gz.data : (const void *)e->body;
-    len = gz ? e->body_gz.len : e->body_len;
-    r = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)body, release_ref_cb,
-                                                               ref);
-    if (!r) {
-        l1_release(ref);
-        return MHD_NO;
-    }
-    for (size_t i = 0; i < hs.n; i++)
-        MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
-    if (gz)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
-    rc = MHD_queue_response(conn, (unsigned)e->status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return serve_fill(conn, ref, &isr, gz);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -318,6 +374,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return simple(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
     if (strncmp(url, LANE_FILL_PREFIX, strlen(LANE_FILL_PREFIX)) == 0)
         return lane_request(d, conn, url);
+    if (strncmp(url, FILL_PREFIX, strlen(FILL_PREFIX)) == 0)
+        return page_request(d, conn, url);
     token = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, DELIVER_HEADER);
     if (!token)
         return simple(conn, MHD_HTTP_NOT_FOUND, "no token\n");
@@ -394,6 +452,7 @@ struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t e
     d->max_parked = cfg->max_parked ? cfg->max_parked : DEF_MAX_PARKED;
     d->ttl = cfg->ttl > 0 ? cfg->ttl : DEF_TTL;
     d->lane = cfg->lane;
+    d->fill = cfg->fill;
     for (d->cap = 16; d->cap < d->max_parked * 2; d->cap *= 2)
         ;
     d->slot = calloc(d->cap, sizeof(*d->slot));

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "fill.h"
 #include "isr.h"
 #include "lane.h"
 #include "util.h"
@@ -27,6 +28,9 @@ struct deliver_cfg {
     /* The fast lane, or NULL: then its health check answers 503 (the lane
      * stays closed) and its fills 404. Outlives the server. */
     struct lane *lane;
+    /* Edge pages by id (haproxy-cache on), or NULL: their fills answer 404.
+     * Outlives the server. */
+    struct fill *fill;
 };
 
 struct deliver *deliver_start(const struct deliver_cfg *cfg, char *err, size_t errlen);

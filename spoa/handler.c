@@ -1,5 +1,6 @@
 #include "handler.h"
 
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "cookie.h"
 #include "coding.h"
 #include "deliver.h"
+#include "fill.h"
 #include "gzip.h"
 #include "isr.h"
 #include "l1.h"
@@ -37,6 +39,8 @@
 #define VAR_POOL "pool"
 #define VAR_PIN "set_pool"
 #define VAR_UNPIN "unpin"
+#define VAR_PAGE "page"
+#define VAR_VARY "h_vary"
 
 /* The cookie that pins a user to a pool: "<pool>.<build>" (haproxy.cfg sets it). */
 #define POOL_COOKIE "cedra_pool"
@@ -70,6 +74,7 @@ struct handler {
     struct deliver *deliver;
     struct l1 *l1;     /* shared in-process page cache, may be NULL */
     struct lane *lane; /* shared fast lane, may be NULL */
+    struct fill *fill; /* shared edge pages by id (haproxy-cache on), may be NULL */
     struct spoa_stats *stats;
     struct valkey *valkey;
     uint8_t *scratch; /* the ACK's actions */
@@ -133,6 +138,7 @@ struct pending {
     struct who who;
     double t0;        /* lookup start, for the latency histogram */
     bool conditional; /* may be answered 304 */
+    bool get;         /* a GET (HEAD is never answered from HAProxy's cache) */
     enum isr_variant variant;
     /* The content-coding Next would choose (GET only; HEAD is never
      * compressed); coding_ok false when the edge cannot tell. */
@@ -819,6 +825,53 @@ static void lane_offer(struct handler *h, const struct pending *p, const struct 
                  c->locales.name[p->who.locale], &c->isr, c->gen);
 }
 
+/* Answers a FRESH 200 page held by the in-process cache, asked for by a
+ * GET that cannot be answered 304, with its entry id: HAProxy serves it
+ * from its own cache under that id (haproxy.cfg, action "cache"), which the
+ * delivery server fills once per version and coding (spoa/fill.h). Nothing
+ * travels per request but a few variables. The key holds the configuration
+ * generation too, since a reload may change the headers. gz: the gzip copy
+ * (answer_coding() chose it). False, with nothing written, when the page
+ * cannot be answered this way. */
+static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w,
+                       const struct held *hd, enum isr_state state, bool gz, enum stat_cache c)
+{
+    const struct isr_entry *e = hd->e;
+    const struct isr_header *vary = NULL;
+    struct isr_headers hs;
+    char page[48];
+    int n;
+
+    if (!h->fill || !hd->ref || !p->get || p->conditional || state != ISR_FRESH ||
+        e->status != 200 || e->body_len > p->conf->isr.max_body || (gz && !e->body_gz.data))
+        return false;
+    if (isr_headers(e, state, false, &p->conf->isr, &hs) < 0)
+        return false;
+    /* HAProxy's cache stores no Vary (2.6 refuses what varies on headers it
+     * does not manage): the answer gets Next's from this variable. */
+    for (size_t i = 0; i < hs.n; i++)
+        if (strcasecmp(hs.h[i].name, "vary") == 0)
+            vary = &hs.h[i];
+    if (!fill_offer(h->fill, hd->ref, &p->conf->isr))
+        return false;
+    n = snprintf(page, sizeof(page), "%016" PRIx64 "-%" PRIx64 "%s", l1_ref_id(hd->ref),
+                 p->conf->gen, gz ? ".gz" : "");
+    put_who(w, p->conf, &p->who);
+    put_str_var(w, VAR_ACTION, "cache", 5);
+    put_str_var(w, VAR_PAGE, page, (size_t)n);
+    if (vary)
+        put_str_var(w, VAR_VARY, vary->value, vary->value_len);
+    put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+    if (w->overflow) {
+        wbuf_for(h, p->req, w);
+        return false;
+    }
+    metrics_counter_inc(h->stats->requests[DEC_CACHE][c]);
+    if (gz)
+        metrics_counter_inc(h->stats->gzip_answers);
+    return true;
+}
+
 /* Answers a servable page: from the edge (ACK variables), through the local
  * delivery path when too big for one ACK, else to the origin. */
 static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
@@ -850,6 +903,10 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
                                       .body_len = e->body_gz.len,
                                       .gzip = true};
 
+            if (put_cached(h, p, w, hd, state, true, c)) {
+                lane_offer(h, p, hd, state, nm);
+                return;
+            }
             put_who(w, p->conf, &p->who);
             if (h->deliver && deliver_fits(p, e)) {
                 /* Before put_deliver(): the reference moves to the parked item. */
@@ -867,6 +924,10 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
         }
     }
 
+    if (!nm && put_cached(h, p, w, hd, state, false, c)) {
+        lane_offer(h, p, hd, state, nm);
+        return;
+    }
     if (put_edge(w, p, e, state, nm)) {
         put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
         metrics_counter_inc(h->stats->requests[DEC_EDGE][c]);
@@ -1066,7 +1127,8 @@ static bool start_lookup(struct handler *h, struct spoe_req *req, const struct r
     p->variant = variant;
     p->coding = CODING_IDENTITY;
     p->coding_ok = true;
-    if (str_is(rq->method, "GET"))
+    p->get = str_is(rq->method, "GET");
+    if (p->get)
         p->coding_ok =
             rq->accept_encoding_headers <= 1 &&
             coding_choose(rq->accept_encoding.p, rq->accept_encoding.len, &p->coding) == 0;
@@ -1148,7 +1210,7 @@ void handler_notify(struct handler *h, struct spoe_req *req, struct spoe_cur msg
 
 struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
                             struct deliver *deliver, struct l1 *l1, struct lane *lane,
-                            struct spoa_stats *stats)
+                            struct fill *fill, struct spoa_stats *stats)
 {
     struct handler *h = calloc(1, sizeof(*h));
     char name[32];
@@ -1160,6 +1222,7 @@ struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const stru
     h->deliver = deliver;
     h->l1 = l1;
     h->lane = lane;
+    h->fill = fill;
     h->stats = stats;
     if (getrandom(&h->rng, sizeof(h->rng), 0) != (ssize_t)sizeof(h->rng) || h->rng == 0)
         h->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)worker_id;

@@ -15,6 +15,7 @@ struct handler;
 struct deliver;
 struct l1;
 struct lane;
+struct fill;
 struct spoa_stats;
 
 /* One per worker. Connects to Valkey when conf has an edge cache. deliver
@@ -23,7 +24,7 @@ struct spoa_stats;
  * is told about the edge hits HAProxy may answer without asking. */
 struct handler *handler_new(struct ev_loop *loop, unsigned worker_id, const struct spoa_conf *conf,
                             struct deliver *deliver, struct l1 *l1, struct lane *lane,
-                            struct spoa_stats *stats);
+                            struct fill *fill, struct spoa_stats *stats);
 /* Pending lookups complete (passing to the origin) before this returns. */
 void handler_free(struct handler *h);
 

@@ -16,6 +16,7 @@
 #include "conf.h"
 #include "httpd.h"
 #include "l1.h"
+#include "fill.h"
 #include "lane.h"
 #include "opsock.h"
 #include "stats.h"
@@ -44,9 +45,10 @@ struct daemon {
     int *fds; /* nworkers * nlisten, by worker then listener */
     unsigned nfds;
     struct deliver *deliver;
-    struct l1 *l1;             /* in-process page cache, kept exact by tracking */
-    struct lane *lane;         /* the fast lane, kept exact through the cache's drop hook */
-    uint64_t conf_gen;         /* of the last configuration published */
+    struct l1 *l1;     /* in-process page cache, kept exact by tracking */
+    struct lane *lane; /* the fast lane, kept exact through the cache's drop hook */
+    struct fill *fill; /* edge pages by id for HAProxy's cache (haproxy-cache on), likewise */
+    uint64_t conf_gen; /* of the last configuration published */
     struct tracking *tracking; /* on the main loop */
     struct spoa_stats *stats;
     struct opsock *opsock;
@@ -126,6 +128,18 @@ static size_t pool_prefixes(const struct spoa_conf *c, const char **out)
         if (c->pools[i].key_prefix[0])
             out[n++] = c->pools[i].key_prefix;
     return n;
+}
+
+/* Whatever leaves the in-process cache leaves the lane and the fill table,
+ * from the thread that dropped it. */
+static void on_l1_drop(void *ud, const struct l1_ref *r)
+{
+    const struct daemon *d = ud;
+
+    if (d->lane)
+        lane_drop_hook(d->lane, r);
+    if (d->fill)
+        fill_drop_hook(d->fill, r);
 }
 
 /* Hands a new configuration (its reference) to every worker. */
@@ -275,6 +289,41 @@ static double lane_checks(void *ud)
     return lane_stat(ud, 7);
 }
 
+/* Scrape-time values of the haproxy-cache fill table (thread-safe). */
+static double fill_entries(void *ud)
+{
+    struct fill_stats fs;
+
+    fill_get_stats(ud, &fs);
+    return (double)fs.entries;
+}
+static double fill_fills(void *ud)
+{
+    struct fill_stats fs;
+
+    fill_get_stats(ud, &fs);
+    return (double)(fs.fills + fs.grace_fills);
+}
+static double fill_unknown(void *ud)
+{
+    struct fill_stats fs;
+
+    fill_get_stats(ud, &fs);
+    return (double)fs.unknown_fills;
+}
+
+static void register_fill_metrics(struct metrics *m, struct fill *f)
+{
+    metrics_gauge_fn(m, "cedra_spoa_haproxy_cache_entries",
+                     "Pages HAProxy's cache may be filled with (haproxy-cache on).", fill_entries,
+                     f);
+    metrics_gauge_fn(m, "cedra_spoa_haproxy_cache_fills",
+                     "HAProxy cache fills of haproxy-cache answers served since start.", fill_fills,
+                     f);
+    metrics_gauge_fn(m, "cedra_spoa_haproxy_cache_unknown_fills",
+                     "Fills asked for a page no longer known (answered 503).", fill_unknown, f);
+}
+
 static void register_lane_metrics(struct metrics *m, struct lane *ln)
 {
     metrics_gauge_fn(m, "cedra_spoa_lane_up",
@@ -346,6 +395,11 @@ static void on_hup(struct ev_loop *loop, ev_signal *s, int revents)
     memcpy(c->lane_cookies, d->conf->lane_cookies, sizeof(c->lane_cookies));
     c->lane_grace = d->conf->lane_grace;
     c->lane_max_entries = d->conf->lane_max_entries;
+    if (c->haproxy_cache != d->conf->haproxy_cache ||
+        c->haproxy_cache_entries != d->conf->haproxy_cache_entries)
+        log_notice("reload_partial", "reason=\"the haproxy-cache settings need a restart\"");
+    c->haproxy_cache = d->conf->haproxy_cache;
+    c->haproxy_cache_entries = d->conf->haproxy_cache_entries;
     /* HAProxy's lane guard knows the session cookies from the start: a new
      * one it does not know would let a private request onto the lane. */
     if (d->lane &&
@@ -378,6 +432,7 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
                                 .deliver = d->deliver,
                                 .l1 = d->l1,
                                 .lane = d->lane,
+                                .fill = d->fill,
                                 .publish = publish_cb,
                                 .tracking_up = d->l1 ? tracking_up_cb : NULL,
                                 .ud = d};
@@ -389,6 +444,8 @@ static int start_operator(struct daemon *d, struct ev_loop *loop)
         register_l1_metrics(d->stats->m, d->l1);
     if (d->lane)
         register_lane_metrics(d->stats->m, d->lane);
+    if (d->fill)
+        register_fill_metrics(d->stats->m, d->fill);
     if (d->conf->has_metrics) {
         struct httpd_config hc = {.listen = &d->conf->metrics, .fd = d->metrics_fd};
 
@@ -657,18 +714,32 @@ int main(int argc, char **argv)
             spoa_stats_free(d.stats);
             goto early_exit;
         }
-        l1_set_drop_hook(d.l1, lane_drop_hook, d.lane);
         d.conf->gen = ++d.conf_gen;
         lane_reset(d.lane, d.conf->gen);
         log_info("lane_on", "socket=%s map=%s", d.conf->lane_socket, d.conf->lane_map);
     }
+    if (d.l1 && d.conf->haproxy_cache) {
+        d.fill = fill_new(d.conf->haproxy_cache_entries, FILL_GRACE);
+        if (!d.fill) {
+            log_error("haproxy_cache_failed", "reason=\"out of memory\"");
+            lane_free(d.lane);
+            l1_free(d.l1);
+            spoa_stats_free(d.stats);
+            goto early_exit;
+        }
+        log_info("haproxy_cache_on", "entries=%u", d.conf->haproxy_cache_entries);
+    }
+    if (d.l1 && (d.lane || d.fill))
+        l1_set_drop_hook(d.l1, on_l1_drop, &d);
     if (d.conf->has_deliver) {
-        struct deliver_cfg dc = {.listen = &d.conf->deliver, .fd = d.deliver_fd, .lane = d.lane};
+        struct deliver_cfg dc = {
+            .listen = &d.conf->deliver, .fd = d.deliver_fd, .lane = d.lane, .fill = d.fill};
 
         d.deliver_fd = -1; /* deliver_start owns it, failed or not */
         d.deliver = deliver_start(&dc, err, sizeof(err));
         if (!d.deliver) {
             log_error("deliver_failed", "reason=\"%s\"", err);
+            fill_free(d.fill);
             lane_free(d.lane);
             l1_free(d.l1);
             spoa_stats_free(d.stats);
@@ -699,7 +770,7 @@ int main(int argc, char **argv)
     }
     for (unsigned i = 0; d.workers && i < d.conf->threads; i++) {
         struct worker *w = worker_new(i, d.conf, d.fds + i * d.conf->nlisten, d.conf->nlisten,
-                                      d.deliver, d.l1, d.lane, d.stats);
+                                      d.deliver, d.l1, d.lane, d.fill, d.stats);
 
         if (!w || worker_start(w) < 0) {
             log_error("worker_failed", "worker=%u error=\"%s\"", i, strerror(errno));
@@ -748,6 +819,7 @@ int main(int argc, char **argv)
     tracking_free(d.tracking); /* after the workers: they read the cache it keeps exact */
     deliver_stop(d.deliver);   /* after the workers: they park pages in it */
     lane_free(d.lane);         /* after delivery (it fills from the lane) and tracking (hook) */
+    fill_free(d.fill);         /* likewise */
     l1_free(d.l1);             /* after delivery: parked pages hold cache references */
     close_listeners(&d);
     if (d.metrics_fd >= 0)

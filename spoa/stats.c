@@ -2,7 +2,7 @@
 
 #include <stdlib.h>
 
-const char *const stat_decision_names[DEC_N] = {"edge", "deliver", "pass", "redirect"};
+const char *const stat_decision_names[DEC_N] = {"edge", "deliver", "pass", "redirect", "cache"};
 const char *const stat_cache_names[CACHE_N] = {"HIT", "STALE", "MISS", "BYPASS", "ERROR"};
 
 /* Valkey round trips on loopback take ~0.1 ms; a lookup is one to three. */

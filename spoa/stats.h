@@ -7,7 +7,7 @@
 
 #include "metrics.h"
 
-enum stat_decision { DEC_EDGE, DEC_DELIVER, DEC_PASS, DEC_REDIRECT, DEC_N };
+enum stat_decision { DEC_EDGE, DEC_DELIVER, DEC_PASS, DEC_REDIRECT, DEC_CACHE, DEC_N };
 enum stat_cache { CACHE_HIT, CACHE_STALE, CACHE_MISS, CACHE_BYPASS, CACHE_ERROR, CACHE_N };
 
 struct spoa_stats {

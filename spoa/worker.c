@@ -249,7 +249,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 
 struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, unsigned nfds,
                           struct deliver *deliver, struct l1 *l1, struct lane *lane,
-                          struct spoa_stats *stats)
+                          struct fill *fill, struct spoa_stats *stats)
 {
     struct worker *w = calloc(1, sizeof(*w));
 
@@ -259,7 +259,7 @@ struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, u
     w->loop = ev_loop_new(EVFLAG_AUTO);
     w->ls = calloc(nfds ? nfds : 1, sizeof(*w->ls));
     if (w->loop)
-        w->handler = handler_new(w->loop, id, conf, deliver, l1, lane, stats);
+        w->handler = handler_new(w->loop, id, conf, deliver, l1, lane, fill, stats);
     w->stats = stats;
     if (!w->loop || !w->ls || !w->handler) {
         worker_free(w);

@@ -12,13 +12,14 @@ struct worker;
 struct deliver;
 struct l1;
 struct lane;
+struct fill;
 struct spoa_stats;
 
 /* fds: listening sockets the worker polls (owned by the caller, which closes
  * them after worker_join). Holds a reference to conf. */
 struct worker *worker_new(unsigned id, struct spoa_conf *conf, const int *fds, unsigned nfds,
                           struct deliver *deliver, struct l1 *l1, struct lane *lane,
-                          struct spoa_stats *stats);
+                          struct fill *fill, struct spoa_stats *stats);
 int worker_start(struct worker *w);
 /* Asynchronous, from any thread: adopt conf (a reference is taken). */
 void worker_reload(struct worker *w, struct spoa_conf *conf);
