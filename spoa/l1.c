@@ -517,6 +517,20 @@ struct l1 *l1_new(size_t max_bytes, unsigned nshards)
         l1->sipkey[0] = (uint64_t)(uintptr_t)l1 ^ (uint64_t)(now_mono() * 1e9);
         l1->sipkey[1] = l1->sipkey[0] * 0x9e3779b97f4a7c15ULL;
     }
+    /* Entry ids are keys of HAProxy's cache (the fast lane, haproxy-cache),
+     * which outlives this process: a restarted cedra-spoa must not hand out
+     * the previous process's ids for other versions of its pages, as a count
+     * from 1 at every start would (the first page hit after each start would
+     * get id 1, and HAProxy would serve the copy it keeps under it). A
+     * random start in [2^62, 2^63) makes two starts' ranges of up to 2^32
+     * ids meet with a chance below 2^-29. */
+    {
+        uint64_t base;
+
+        if (getrandom(&base, sizeof(base), 0) != (ssize_t)sizeof(base))
+            base = l1->sipkey[0] ^ (uint64_t)(now_mono() * 1e9);
+        atomic_init(&l1->next_id, (base & ((1ULL << 62) - 1)) | (1ULL << 62));
+    }
     l1->nshards = n;
     l1->shard_shift = shift;
     l1->max_bytes = max_bytes;

@@ -74,7 +74,9 @@ bool l1_ref_cached(const struct l1_ref *r);
  * evicted, replaced, flushed) and for a detached reference. */
 bool l1_ref_live(const struct l1_ref *r);
 /* The entry's id, unique among the entries this cache ever held (0 for a
- * detached reference): unlike the address, never reused. */
+ * detached reference): unlike the address, never reused; and counted from a
+ * random start, so that another process's cache (a restart) does not hand
+ * out the same ids. */
 uint64_t l1_ref_id(const struct l1_ref *r);
 /* One more reference to the same entry (e.g. for the delivery server). */
 struct l1_ref *l1_ref_hold(struct l1_ref *r);

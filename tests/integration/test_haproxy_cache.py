@@ -45,6 +45,7 @@ class HaproxyCacheTest(EdgeCachePages, HaproxyCase):
             "stats-socket %s" % self.sock,
             "haproxy-cache on",
         ])
+        self.extra = extra
         self.start_stack(extra=extra, haproxy_env={"CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % self.deliver_port})
         self.wait_spoa_check()
         self.chair = load_value("product-chair.json")
@@ -198,3 +199,24 @@ class HaproxyCacheTest(EdgeCachePages, HaproxyCase):
         ref = self.get(path, OFF)
         self.assert_same(self.get(path), ref, "after the reload")
         self.assertGreaterEqual(self.fills(), f0 + 1)
+
+    def test_a_restarted_cedra_spoa_never_reuses_a_key(self):
+        """HAProxy's cache outlives cedra-spoa: a new process must not name
+        another version of a page by a key HAProxy still holds a copy under
+        (ids counted from 1 at every start would: the first page after each
+        start would be id 1, with the old process's copy behind it)."""
+        key, path = self.hot()
+        self.assertEqual(self.get(path)[2], self.html)
+        self.assertEqual(self.agent.stop(), 0)
+        new = lived(self.chair, 0)
+        new["value"]["html"] = self.chair["value"]["html"].replace("Chaise", "Chaise v2")
+        new_html = new["value"]["html"].encode()
+        redis_cmd(self.rport, "SET", PREFIX + key, json.dumps(new))
+        self.agent = self.env.start_spoa(port=self.agent.port, name="cedra-spoa-2", extra=self.extra)
+        self.wait_spoa_check()
+        harness.wait_until(lambda: self.get(path)[1].get("x-cedra-cache") == "HIT", 10 * SF,
+                           what="HIT from the new process")
+        for _ in range(10):
+            st, hdrs, body = self.get(path)
+            self.assertEqual((st, hdrs["x-cedra-cache"]), (200, "HIT"))
+            self.assertEqual(body, new_html, "a copy made for the old process was served")

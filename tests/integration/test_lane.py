@@ -10,6 +10,7 @@ turns stale, when the pools change, when HAProxy loses its map, and within
 one health-check interval when cedra-spoa dies."""
 
 import gzip
+import json
 import os
 import re
 import socket
@@ -65,6 +66,7 @@ class LaneTest(HaproxyCase):
             "lane-cookies %s" % LANE_COOKIES,
             "lane-grace 2s",
         ])
+        self.extra = extra
         self.start_stack(extra=extra, haproxy_env={
             "CEDRA_LANE": "off" if self._testMethodName in self.HAPROXY_LANE_OFF else "on",
             "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % self.deliver_port,
@@ -352,6 +354,24 @@ class LaneTest(HaproxyCase):
         print("\nthe lane closed %.0f ms after cedra-spoa died" % ((time.monotonic() - t0) * 1000))
         st, hdrs, _ = self.get(path)
         self.assertEqual((st, hdrs.get("x-origin")), (200, "1"))
+
+    def test_a_restarted_agent_never_names_an_old_copy(self):
+        """HAProxy's cache outlives cedra-spoa: the new process publishes the
+        page again, under an id the old one never used (ids counted from 1 at
+        every start would give the same key, and the old copy behind it)."""
+        key, path = self.hot()
+        self.assertEqual(self.agent.stop(), 0)
+        new = lived(self.chair, 0)
+        new["value"]["html"] = self.chair["value"]["html"].replace("Chaise", "Chaise v2")
+        new_html = new["value"]["html"].encode()
+        redis_cmd(self.rport, "SET", PREFIX + key, json.dumps(new))
+        self.agent = self.env.start_spoa(port=self.agent.port, name="cedra-spoa-2", extra=self.extra)
+        self.wait_spoa_check()
+        self.hot(value=new)
+        for _ in range(10):
+            (st, hdrs, body), skipped = self.on_lane(path)
+            self.assertTrue(skipped)
+            self.assertEqual(body, new_html, "the lane served a copy made for the old process")
 
     def test_only_the_haproxy_process_it_was_set_up_in_may_use_it(self):
         """After a reload the old HAProxy process keeps serving its clients
