@@ -121,7 +121,7 @@ class EdgeNode(object):
     """cedra-spoa + HAProxy (shipped haproxy.cfg) pointed at Next."""
 
     def __init__(self, env, label, valkey_port, table, origin_port, processing=None,
-                 first=True, lock_prefix=None):
+                 first=True, lock_prefix=None, haproxy_cache=False):
         self.label = label
         self.deliver_port = harness.free_port()
         self.spoa_sock = env.path("cedra-spoa-%s.sock" % label)
@@ -133,6 +133,8 @@ class EdgeNode(object):
                  "session-cookie sid"]
         if lock_prefix:
             extra.append("revalidate-lock-prefix %s" % lock_prefix)
+        if haproxy_cache:
+            extra.append("haproxy-cache on")
         self.spoa = env.start_spoa(name="cedra-spoa-" + label, threads=2, extra="\n".join(extra))
         self.hap = None
         if origin_port is None:
