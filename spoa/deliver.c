@@ -226,28 +226,51 @@ static int parse_id(const char *p, uint64_t *id)
     return 0;
 }
 
-/* A fill of HAProxy's cache: the entry's page as a FRESH HIT, in gzip when
- * asked for and Next would compress it. Takes ref. */
+/* A fill of HAProxy's cache: the entry's answer v (sg: the segment of an
+ * ISR_SEGMENT) as a FRESH HIT, in gzip when asked for and Next would
+ * compress it. Takes ref. */
 static enum MHD_Result serve_fill(struct MHD_Connection *conn, struct l1_ref *ref,
-                                  const struct isr_conf *isr, bool gz)
+                                  const struct isr_conf *isr, enum isr_variant v,
+                                  const struct isr_segment *sg, bool gz)
 {
     const struct isr_entry *e = l1_ref_entry(ref);
+    const struct isr_coded *copy;
     struct isr_headers hs;
     struct MHD_Response *r;
     enum MHD_Result rc;
     const void *body;
     size_t len;
 
-    if (isr_variant_headers(e, ISR_HTML, ISR_FRESH, false, isr, &hs) < 0) {
+    if (isr_variant_headers(e, v, ISR_FRESH, false, isr, &hs) < 0) {
         l1_release(ref);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page not servable\n");
     }
-    /* Next compresses when its compress option is on and the page is big
-     * enough; a page is offered for gzip clients only with its gzip copy,
-     * so none here means gzip-level 0: the page as it is, as at the edge. */
-    gz = gz && isr->compress && e->body_len >= ISR_COMPRESS_MIN && e->body_gz.data;
-    body = gz ? (const void *)e->body_gz.data : (const void *)e->body;
-    len = gz ? e->body_gz.len : e->body_len;
+    switch (v) {
+    case ISR_RSC:
+        body = e->rsc;
+        len = e->rsc_len;
+        copy = &e->rsc_gz;
+        break;
+    case ISR_SEGMENT:
+        body = sg->data;
+        len = sg->len;
+        copy = &sg->gz;
+        break;
+    default:
+        body = e->body;
+        len = e->body_len;
+        copy = &e->body_gz;
+        /* Next compresses a page when its compress option is on and the
+         * page is big enough; one is offered for gzip clients only with its
+         * gzip copy, so none here means gzip-level 0: the page as it is. */
+        gz = gz && isr->compress && e->body_len >= ISR_COMPRESS_MIN;
+        break;
+    }
+    gz = gz && copy->data;
+    if (gz) {
+        body = copy->data;
+        len = copy->len;
+    }
     r = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)body, release_ref_cb,
                                                                ref);
     if (!r) {
@@ -258,7 +281,7 @@ static enum MHD_Result serve_fill(struct MHD_Connection *conn, struct l1_ref *re
         MHD_add_response_header(r, hs.h[i].name, hs.h[i].value);
     if (gz)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
-    rc = MHD_queue_response(conn, (unsigned)e->status, r);
+    rc = MHD_queue_response(conn, (unsigned)isr_rsc_status(e, v), r);
     MHD_destroy_response(r);
     return rc;
 }
@@ -304,21 +327,25 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
         log_warning("lane_unknown_fill", "id=%016" PRIx64, id);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page gone, retry\n");
     }
-    return serve_fill(conn, ref, &isr, gz);
+    return serve_fill(conn, ref, &isr, ISR_HTML, NULL, gz);
 }
 
-/* HAProxy's cache fills for "haproxy-cache on" answers:
- * GET /.cedra/page/<16 hex digits: entry id>-<configuration generation>[.gz].
- * The generation is part of HAProxy's cache key only (a reload may change
- * the headers); the page is the one offered under the id. */
+/* HAProxy's cache fills for "haproxy-cache on" answers (fill.h's grammar):
+ * GET /.cedra/page/<16 hex digits: entry id>-<configuration generation>
+ * [.rsc | .seg<segment path, hex>][.gz]. The generation is part of HAProxy's
+ * cache key only (a reload may change the headers); the answer is the one
+ * the entry offered under the id gives. */
 static enum MHD_Result page_request(struct deliver *d, struct MHD_Connection *conn, const char *url)
 {
     const char *p = url + strlen(FILL_PREFIX);
+    char seg[ISR_MAX_SEGMENT_PATH];
+    const struct isr_segment *sg = NULL;
+    enum isr_variant v = ISR_HTML;
     struct isr_conf isr;
     struct l1_ref *ref;
+    size_t ng = 0, nseg = 0;
     uint64_t id;
     bool grace, gz = false;
-    size_t ng = 0;
 
     if (!d->fill)
         return simple(conn, MHD_HTTP_NOT_FOUND, "no edge cache\n");
@@ -328,7 +355,20 @@ static enum MHD_Result page_request(struct deliver *d, struct MHD_Connection *co
     while (ng < 16 && hexval(p[ng]) >= 0)
         ng++;
     p += ng;
-    if (strcmp(p, ".gz") == 0)
+    if (strncmp(p, FILL_RSC, strlen(FILL_RSC)) == 0) {
+        v = ISR_RSC;
+        p += strlen(FILL_RSC);
+    } else if (strncmp(p, FILL_SEGMENT, strlen(FILL_SEGMENT)) == 0) {
+        v = ISR_SEGMENT;
+        p += strlen(FILL_SEGMENT);
+        while (nseg < sizeof(seg) && hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
+            seg[nseg++] = (char)(hexval(p[0]) << 4 | hexval(p[1]));
+            p += 2;
+        }
+        if (nseg == 0)
+            ng = 0;
+    }
+    if (strcmp(p, FILL_GZIP) == 0)
         gz = true;
     else if (*p)
         ng = 0;
@@ -342,7 +382,14 @@ static enum MHD_Result page_request(struct deliver *d, struct MHD_Connection *co
         log_warning("page_unknown_fill", "id=%016" PRIx64, id);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page gone, retry\n");
     }
-    return serve_fill(conn, ref, &isr, gz);
+    if (v == ISR_SEGMENT) {
+        sg = isr_segment_find(l1_ref_entry(ref), seg, nseg);
+        if (!sg) {
+            l1_release(ref);
+            return simple(conn, MHD_HTTP_NOT_FOUND, "no such segment\n");
+        }
+    }
+    return serve_fill(conn, ref, &isr, v, sg, gz);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,

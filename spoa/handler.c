@@ -741,6 +741,78 @@ static bool put_deliver(struct handler *h, struct pending *p, struct spoe_wbuf *
     return true;
 }
 
+/* What HAProxy's cache holds for a "cache" answer: the entry, which of its
+ * answers (and which segment), in which coding. */
+struct cached_item {
+    enum isr_variant variant;
+    size_t body_len;
+    const char *segment; /* ISR_SEGMENT */
+    size_t segment_len;
+    bool gzip; /* answer_coding() chose the gzip copy, which exists */
+};
+
+/* Answers a FRESH 200 page, navigation or segment held by the in-process
+ * cache, asked for by a GET that cannot be answered 304, with its entry id:
+ * HAProxy serves it from its own cache under a key naming the entry, the
+ * answer and the coding (haproxy.cfg, action "cache"), which the delivery
+ * server fills once per version (spoa/fill.h). Nothing travels per request
+ * but a few variables. The key holds the configuration generation too, since
+ * a reload may change the headers. False, with nothing written, when the
+ * answer cannot be given this way. */
+static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w,
+                       const struct held *hd, enum isr_state state, const struct cached_item *it,
+                       enum stat_cache c)
+{
+    static const char hex[] = "0123456789abcdef";
+    const struct isr_entry *e = hd->e;
+    const struct isr_header *vary = NULL;
+    struct isr_headers hs;
+    char page[64 + 2 * ISR_MAX_SEGMENT_PATH];
+    int n;
+
+    if (!h->fill || !hd->ref || !p->get || p->conditional || state != ISR_FRESH ||
+        isr_rsc_status(e, it->variant) != 200 || it->body_len > p->conf->isr.max_body ||
+        it->segment_len > ISR_MAX_SEGMENT_PATH)
+        return false;
+    if (isr_variant_headers(e, it->variant, state, false, &p->conf->isr, &hs) < 0)
+        return false;
+    /* HAProxy's cache stores no Vary (2.6 refuses what varies on headers it
+     * does not manage): the answer gets Next's from this variable. */
+    for (size_t i = 0; i < hs.n; i++)
+        if (strcasecmp(hs.h[i].name, "vary") == 0)
+            vary = &hs.h[i];
+    if (!fill_offer(h->fill, hd->ref, &p->conf->isr))
+        return false;
+    n = snprintf(page, sizeof(page), "%016" PRIx64 "-%" PRIx64 "%s", l1_ref_id(hd->ref),
+                 p->conf->gen,
+                 it->variant == ISR_RSC       ? FILL_RSC
+                 : it->variant == ISR_SEGMENT ? FILL_SEGMENT
+                                              : "");
+    /* The segment path, in hex: any byte, one URI-safe form. */
+    for (size_t i = 0; it->variant == ISR_SEGMENT && i < it->segment_len; i++) {
+        page[n++] = hex[(unsigned char)it->segment[i] >> 4];
+        page[n++] = hex[(unsigned char)it->segment[i] & 15];
+    }
+    if (it->gzip) {
+        memcpy(page + n, FILL_GZIP, sizeof(FILL_GZIP) - 1);
+        n += (int)sizeof(FILL_GZIP) - 1;
+    }
+    put_who(w, p->conf, &p->who);
+    put_str_var(w, VAR_ACTION, "cache", 5);
+    put_str_var(w, VAR_PAGE, page, (size_t)n);
+    if (vary)
+        put_str_var(w, VAR_VARY, vary->value, vary->value_len);
+    put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
+    if (w->overflow) {
+        wbuf_for(h, p->req, w);
+        return false;
+    }
+    metrics_counter_inc(h->stats->requests[DEC_CACHE][c]);
+    if (it->gzip)
+        metrics_counter_inc(h->stats->gzip_answers);
+    return true;
+}
+
 /* An RSC payload or a segment: every one holds newlines (one per row),
  * which lf-string would escape, so all go through the delivery server,
  * byte for byte. What is not exactly what Next would send goes to the
@@ -753,9 +825,9 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
     struct deliver_item it = {
         .entry = e, .variant = ISR_RSC, .body = e->rsc, .body_len = e->rsc_len};
     const struct isr_segment *sg = NULL;
+    enum answer_coding ac = ANSWER_ORIGIN;
     struct isr_headers hs;
 
-    put_who(w, p->conf, &p->who);
     /* Without segmentData (Next 15) Next answers a segment prefetch with
      * the whole payload and the navigation's headers. */
     if (p->variant == ISR_SEGMENT && e->has_segments) {
@@ -766,9 +838,7 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
     }
     if (h->deliver && it.body && it.body_len <= p->conf->isr.max_body &&
         isr_variant_headers(e, it.variant, state, false, &p->conf->isr, &hs) == 0) {
-        enum answer_coding ac =
-            answer_coding(p, it.variant, it.body_len, sg ? &sg->gz : &e->rsc_gz);
-
+        ac = answer_coding(p, it.variant, it.body_len, sg ? &sg->gz : &e->rsc_gz);
         if (ac != ANSWER_IDENTITY && no_transform(&hs))
             ac = ANSWER_IDENTITY;
 
@@ -777,9 +847,20 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
             it.body_len = sg ? sg->gz.len : e->rsc_gz.len;
             it.gzip = true;
         }
-        if (ac != ANSWER_ORIGIN && put_deliver(h, p, w, hd, &it, state, false, c))
-            return;
+        if (ac != ANSWER_ORIGIN) {
+            struct cached_item ci = {.variant = it.variant,
+                                     .body_len = it.body_len,
+                                     .segment = sg ? sg->path : NULL,
+                                     .segment_len = sg ? sg->path_len : 0,
+                                     .gzip = it.gzip};
+
+            if (put_cached(h, p, w, hd, state, &ci, c))
+                return;
+        }
     }
+    put_who(w, p->conf, &p->who);
+    if (ac != ANSWER_ORIGIN && put_deliver(h, p, w, hd, &it, state, false, c))
+        return;
     log_debug("edge_unservable", "worker=%u variant=%s status=%d rsc=%zu", h->id,
               it.variant == ISR_SEGMENT ? "segment" : "rsc", e->status, e->rsc_len);
     put_pass(w, h, CACHE_MISS);
@@ -825,53 +906,6 @@ static void lane_offer(struct handler *h, const struct pending *p, const struct 
                  c->locales.name[p->who.locale], &c->isr, c->gen);
 }
 
-/* Answers a FRESH 200 page held by the in-process cache, asked for by a
- * GET that cannot be answered 304, with its entry id: HAProxy serves it
- * from its own cache under that id (haproxy.cfg, action "cache"), which the
- * delivery server fills once per version and coding (spoa/fill.h). Nothing
- * travels per request but a few variables. The key holds the configuration
- * generation too, since a reload may change the headers. gz: the gzip copy
- * (answer_coding() chose it). False, with nothing written, when the page
- * cannot be answered this way. */
-static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w,
-                       const struct held *hd, enum isr_state state, bool gz, enum stat_cache c)
-{
-    const struct isr_entry *e = hd->e;
-    const struct isr_header *vary = NULL;
-    struct isr_headers hs;
-    char page[48];
-    int n;
-
-    if (!h->fill || !hd->ref || !p->get || p->conditional || state != ISR_FRESH ||
-        e->status != 200 || e->body_len > p->conf->isr.max_body || (gz && !e->body_gz.data))
-        return false;
-    if (isr_headers(e, state, false, &p->conf->isr, &hs) < 0)
-        return false;
-    /* HAProxy's cache stores no Vary (2.6 refuses what varies on headers it
-     * does not manage): the answer gets Next's from this variable. */
-    for (size_t i = 0; i < hs.n; i++)
-        if (strcasecmp(hs.h[i].name, "vary") == 0)
-            vary = &hs.h[i];
-    if (!fill_offer(h->fill, hd->ref, &p->conf->isr))
-        return false;
-    n = snprintf(page, sizeof(page), "%016" PRIx64 "-%" PRIx64 "%s", l1_ref_id(hd->ref),
-                 p->conf->gen, gz ? ".gz" : "");
-    put_who(w, p->conf, &p->who);
-    put_str_var(w, VAR_ACTION, "cache", 5);
-    put_str_var(w, VAR_PAGE, page, (size_t)n);
-    if (vary)
-        put_str_var(w, VAR_VARY, vary->value, vary->value_len);
-    put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));
-    if (w->overflow) {
-        wbuf_for(h, p->req, w);
-        return false;
-    }
-    metrics_counter_inc(h->stats->requests[DEC_CACHE][c]);
-    if (gz)
-        metrics_counter_inc(h->stats->gzip_answers);
-    return true;
-}
-
 /* Answers a servable page: from the edge (ACK variables), through the local
  * delivery path when too big for one ACK, else to the origin. */
 static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *w, struct held *hd,
@@ -903,7 +937,9 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
                                       .body_len = e->body_gz.len,
                                       .gzip = true};
 
-            if (put_cached(h, p, w, hd, state, true, c)) {
+            struct cached_item ci = {.variant = ISR_HTML, .body_len = e->body_len, .gzip = true};
+
+            if (put_cached(h, p, w, hd, state, &ci, c)) {
                 lane_offer(h, p, hd, state, nm);
                 return;
             }
@@ -924,9 +960,13 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
         }
     }
 
-    if (!nm && put_cached(h, p, w, hd, state, false, c)) {
-        lane_offer(h, p, hd, state, nm);
-        return;
+    if (!nm) {
+        struct cached_item ci = {.variant = ISR_HTML, .body_len = e->body_len};
+
+        if (put_cached(h, p, w, hd, state, &ci, c)) {
+            lane_offer(h, p, hd, state, nm);
+            return;
+        }
     }
     if (put_edge(w, p, e, state, nm)) {
         put_str_var(w, VAR_CACHE, stat_cache_names[c], strlen(stat_cache_names[c]));

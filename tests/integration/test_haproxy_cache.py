@@ -19,6 +19,7 @@ import harness
 from test_edge_cache import EdgeCachePages, FIX, PREFIX, aged, load_value, redis_cmd
 from test_haproxy import HaproxyCase, SF
 from test_lane import lived
+from test_locale_routing import raw_request
 
 PATH = "/fr/products/chair"
 # Kept off the "cache" answer, and otherwise changing nothing in Next's 200:
@@ -220,3 +221,26 @@ class HaproxyCacheTest(EdgeCachePages, HaproxyCase):
             st, hdrs, body = self.get(path)
             self.assertEqual((st, hdrs["x-cedra-cache"]), (200, "HIT"))
             self.assertEqual(body, new_html, "a copy made for the old process was served")
+
+    def test_fill_paths_are_checked(self):
+        """The delivery server's fill endpoint takes only what cedra-spoa
+        names: malformed paths get a 404, an id it never offered a 503, and
+        neither harms the next answers."""
+        _, path = self.hot()
+        bad = ["/.cedra/page/", "/.cedra/page/xyz", "/.cedra/page/0123456789abcdef",
+               "/.cedra/page/0123456789abcdef-", "/.cedra/page/0123456789abcdef-1.gzip",
+               "/.cedra/page/0123456789abcdef-1.seg", "/.cedra/page/0123456789abcdef-1.seg4",
+               "/.cedra/page/0123456789abcdef-1.seg2f.gz.gz", "/.cedra/page/0123456789abcdef-1.rsc.x",
+               "/.cedra/page/0123456789ABCDEF-1", "/.cedra/page/0123456789abcdef-1/../x",
+               "/.cedra/page/0123456789abcdef-11111111111111111"]
+        for target in bad:
+            st, _, body, _ = raw_request(self.deliver_port, "GET", target, {})
+            self.assertEqual(st, 404, "%s: %r" % (target, body))
+        u0 = int(self.info()["Haproxy_cache_unknown_fills"])
+        for target in ("/.cedra/page/0000000000000001-1", "/.cedra/page/0000000000000001-1.rsc.gz",
+                       "/.cedra/page/0000000000000001-1.seg2f5f74726565"):
+            st, _, body, _ = raw_request(self.deliver_port, "GET", target, {})
+            self.assertEqual(st, 503, "%s: %r" % (target, body))
+        self.assertEqual(int(self.info()["Haproxy_cache_unknown_fills"]), u0 + 3)
+        st, hdrs, body = self.get(path)
+        self.assertEqual((st, hdrs["x-cedra-cache"], body), (200, "HIT", self.html))

@@ -103,6 +103,10 @@ def segment_prefetch(path, segment):
 
 class _RscEdge(object):
     VARIANT = None
+    # cedra-spoa "haproxy-cache on" for one variant: navigations and segment
+    # prefetches then come from HAProxy's cache by entry id, held to what the
+    # real Next sends just as the delivery path is for the others.
+    HAPROXY_CACHE = False
 
     @classmethod
     def setUpClass(cls):
@@ -116,7 +120,8 @@ class _RscEdge(object):
             cls.rport = cls.redis.port
             cls.data = nf.copy_catalogue(env)
             cls.next = nf.start_next(env, cls.VARIANT, cls.rport, cls.data)
-            cls.a = nf.EdgeNode(env, "a", cls.rport, cls.table, cls.next.port, processing=PROCESSING)
+            cls.a = nf.EdgeNode(env, "a", cls.rport, cls.table, cls.next.port, processing=PROCESSING,
+                                haproxy_cache=cls.HAPROXY_CACHE)
             harness.wait_until(lambda: cls.a.get("/fr/about").cache in ("HIT", "MISS"), 15 * SF,
                                what="%s: the edge looks up Valkey" % cls.VARIANT)
         except BaseException:
@@ -166,11 +171,21 @@ class _RscEdge(object):
     def edge_hit(self, target, headers, what):
         """The edge answers target from the cache: HIT, and HAProxy did not
         send the request to Next."""
-        n0 = self.a.origin_requests()
+        n0, c0 = self.a.origin_requests(), self.cache_answers()
         r = self.a.get(target, headers)
         self.assertEqual(r.cache, "HIT", "%s %s: %r" % (self.VARIANT, what, r))
         self.assertEqual(self.a.origin_requests(), n0, "%s %s: reached Next" % (self.VARIANT, what))
+        # With haproxy-cache, every fresh 200 answer comes from HAProxy's
+        # cache (a 404 navigation goes through the delivery server).
+        self.assertEqual(self.cache_answers() - c0, int(self.HAPROXY_CACHE and r.status == 200),
+                         "%s %s: the answer did not come the expected way" % (self.VARIANT, what))
         return r
+
+    def cache_answers(self):
+        """cedra-spoa's "cache" answers so far (haproxy-cache on)."""
+        text = harness.unix_command(self.a.spoa_sock, "show metrics", errors="strict")
+        return sum(int(float(m)) for m in re.findall(
+            r'^cedra_spoa_requests_total\{decision="cache",[^}]*\} (\S+)$', text, re.M))
 
     def direct(self, target, headers):
         return nf.http_request(self.next.port, target, headers)
@@ -441,6 +456,7 @@ class _RscEdge(object):
 
 class RscV16Test(_RscEdge, harness.IntegrationTestCase):
     VARIANT = "v16"
+    HAPROXY_CACHE = True
 
 
 class RscV15Test(_RscEdge, harness.IntegrationTestCase):
