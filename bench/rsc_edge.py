@@ -14,10 +14,12 @@ a `wrk -t2 -c20 -d SECONDS` run:
   B  the client navigation to it (RSC: 1, state tree, _rsc) through HAProxy,
      from the edge (delivery path)
   C  the same navigation sent to Next.js directly (x-nextjs-cache: HIT)
+  D  B on a second edge node with cedra-spoa's "haproxy-cache on": the
+     payload from HAProxy's cache by entry id (filled once)
 
 Every variant is checked first (status 200, the edge's x-cedra-cache HIT or
 Next's x-nextjs-cache HIT, body = the stored payload). Prints req/s, mean
-latency and the ratios to C. Absolute numbers on a shared 2-core machine are
+latency, the ratios to C, and D/B. Absolute numbers on a shared 2-core machine are
 noise; the ratios of one run are the figures."""
 
 import base64
@@ -62,10 +64,13 @@ def main():
         redis = env.start_redis()
         nxt = nf.start_next(env, variant, redis.port, nf.copy_catalogue(env))
         edge = nf.EdgeNode(env, "a", redis.port, table, nxt.port, processing="200ms")
+        edge2 = nf.EdgeNode(env, "b", redis.port, table, nxt.port, processing="200ms", first=False,
+                            haproxy_cache=True)
         target, headers = navigation(PATH)
         runs = [("A", "HTML from the edge", edge.port, PATH, {}),
                 ("B", "navigation from the edge", edge.port, target, headers),
-                ("C", "navigation from Next.js", nxt.port, target, headers)]
+                ("C", "navigation from Next.js", nxt.port, target, headers),
+                ("D", "navigation, haproxy-cache on", edge2.port, target, headers)]
         results = {}
         for label, what, port, tgt, hdrs in runs:
             redis_cmd(redis.port, "FLUSHALL")
@@ -74,7 +79,7 @@ def main():
             value = json.loads(redis_cmd(redis.port, "GET", nf.PREFIX + keys.key(PATH)))["value"]
             want = value["html"].encode() if not hdrs else base64.b64decode(value["rscData"])
             harness.wait_until(lambda: nf.http_request(port, tgt, hdrs).h(
-                "x-cedra-cache" if port == edge.port else "x-nextjs-cache") == "HIT", 10, what=what)
+                "x-nextjs-cache" if port == nxt.port else "x-cedra-cache") == "HIT", 10, what=what)
             r = nf.http_request(port, tgt, hdrs)
             if r.status != 200 or r.body != want:
                 raise SystemExit("%s: not the stored payload: %r" % (what, r))
@@ -85,6 +90,8 @@ def main():
         for label, what, _, _, _ in runs:
             rps, ms, bad = results[label]
             print("%-2s %-28s %10.0f %10.2f %7.2fx %d" % (label, what, rps, ms, rps / base, bad))
+        print("D/B %.2f (navigation from HAProxy's cache vs through the delivery server)" % (
+            results["D"][0] / results["B"][0]))
     finally:
         env.stop_all()
         env.cleanup(keep=bool(env.problems))
