@@ -344,13 +344,15 @@ def spoa_metrics(sock):
 
 def cpu_snap(out, specs):
     """specs: NAME=PGID... -> json {NAME: utime+stime seconds of every
-    process of that process group, threads included}."""
+    process of that process group, threads included, "sys": {NAME: stime}}:
+    the kernel's part (TCP on loopback, mostly) apart."""
     tck = os.sysconf("SC_CLK_TCK")
     groups = {}
     for spec in specs:
         name, pg = spec.split("=")
         groups[name] = int(pg)
     tot = {name: 0.0 for name in groups}
+    sys_ = {name: 0.0 for name in groups}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -363,8 +365,9 @@ def cpu_snap(out, specs):
         for name, pg in groups.items():
             if pg and pgrp == pg:
                 tot[name] += (int(fields[11]) + int(fields[12])) / tck
+                sys_[name] += int(fields[12]) / tck
     with open(out, "w") as f:
-        json.dump(tot, f)
+        json.dump(dict(tot, sys=sys_), f)
 
 
 def _secs(num, unit):
@@ -420,7 +423,19 @@ def cpu_delta(d, stem):
             b = json.load(f)
     except OSError:
         return {}
-    return {k: b[k] - a.get(k, 0.0) for k in b}
+    return {k: b[k] - a.get(k, 0.0) for k in b if k != "sys"}
+
+
+def cpu_sys(d, stem):
+    """Kernel seconds of a round, all of the variant's processes."""
+    try:
+        with open(os.path.join(d, stem + ".cpu0")) as f:
+            a = json.load(f).get("sys", {})
+        with open(os.path.join(d, stem + ".cpu1")) as f:
+            b = json.load(f).get("sys", {})
+    except OSError:
+        return 0.0
+    return sum(b[k] - a.get(k, 0.0) for k in b)
 
 
 def one(d, stem):
@@ -471,11 +486,14 @@ def report(d, title):
         lane = False
     names["B"] += ", fast lane on" if lane else (", L1 on (default)" if l1 else ", no L1: Valkey per request")
     names["J"] += ", L1" if l1 else ", no L1"
-    wrk, cpu, rb = {}, {}, []
+    wrk, cpu, rb, ksys = {}, {}, [], {}
     for p in sorted(glob.glob(os.path.join(d, "?.*.wrk"))):
         stem = os.path.basename(p)[:-4]
         v = stem.split(".")[0]
         wrk.setdefault(v, []).append(parse_wrk(p))
+        k = ksys.setdefault(v, [0.0, 0])
+        k[0] += cpu_sys(d, stem)
+        k[1] += wrk[v][-1]["requests"]
         for k, c in cpu_delta(d, stem).items():
             acc = cpu.setdefault(v, {}).setdefault(k, [0.0, 0])
             acc[0] += c
@@ -556,7 +574,10 @@ def report(d, title):
             if v in cpu:
                 parts = ["%s %.1f" % (k, 1e6 * c / max(1, n)) for k, (c, n) in sorted(cpu[v].items())]
                 cost[v] = sum(c for c, _ in cpu[v].values()) * 1e6 / max(1, next(iter(cpu[v].values()))[1])
-                print("  %s  total %6.1f: %s" % (v, cost[v], ", ".join(parts)))
+                kern = 1e6 * ksys[v][0] / max(1, ksys[v][1]) if v in ksys else float("nan")
+                print("  %s  total %6.1f (kernel %5.1f): %s" % (v, cost[v], kern, ", ".join(parts)))
+        print("  (kernel: stime, mostly TCP on loopback for the same request and 8 KB answer:")
+        print("   a floor under every variant's cost that no edge logic removes)")
         print()
         print("the same ratios from CPU per request (cost(Y)/cost(X)): what they would be if the")
         print("server's CPU were the only limit, i.e. with the load generator on other cores:")

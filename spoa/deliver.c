@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fill_key.h"
 #include "log.h"
 #include "net.h"
 
@@ -330,66 +331,39 @@ static enum MHD_Result lane_request(struct deliver *d, struct MHD_Connection *co
     return serve_fill(conn, ref, &isr, ISR_HTML, NULL, gz);
 }
 
-/* HAProxy's cache fills for "haproxy-cache on" answers (fill.h's grammar):
- * GET /.cedra/page/<16 hex digits: entry id>-<configuration generation>
- * [.rsc | .seg<segment path, hex>][.gz]. The generation is part of HAProxy's
- * cache key only (a reload may change the headers); the answer is the one
- * the entry offered under the id gives. */
+/* HAProxy's cache fills for "haproxy-cache on" answers: GET FILL_PREFIX
+ * <key> (fill_key.h). The generation is part of HAProxy's cache key only (a
+ * reload may change the headers); the answer is the one the entry offered
+ * under the id gives. */
 static enum MHD_Result page_request(struct deliver *d, struct MHD_Connection *conn, const char *url)
 {
-    const char *p = url + strlen(FILL_PREFIX);
     char seg[ISR_MAX_SEGMENT_PATH];
     const struct isr_segment *sg = NULL;
-    enum isr_variant v = ISR_HTML;
+    struct fill_key k;
     struct isr_conf isr;
     struct l1_ref *ref;
-    size_t ng = 0, nseg = 0;
-    uint64_t id;
-    bool grace, gz = false;
+    bool grace;
 
     if (!d->fill)
         return simple(conn, MHD_HTTP_NOT_FOUND, "no edge cache\n");
-    if (parse_id(p, &id) < 0 || p[16] != '-')
-        return simple(conn, MHD_HTTP_NOT_FOUND, "bad page id\n");
-    p += 17;
-    while (ng < 16 && hexval(p[ng]) >= 0)
-        ng++;
-    p += ng;
-    if (strncmp(p, FILL_RSC, strlen(FILL_RSC)) == 0) {
-        v = ISR_RSC;
-        p += strlen(FILL_RSC);
-    } else if (strncmp(p, FILL_SEGMENT, strlen(FILL_SEGMENT)) == 0) {
-        v = ISR_SEGMENT;
-        p += strlen(FILL_SEGMENT);
-        while (nseg < sizeof(seg) && hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
-            seg[nseg++] = (char)(hexval(p[0]) << 4 | hexval(p[1]));
-            p += 2;
-        }
-        if (nseg == 0)
-            ng = 0;
-    }
-    if (strcmp(p, FILL_GZIP) == 0)
-        gz = true;
-    else if (*p)
-        ng = 0;
-    if (ng == 0)
-        return simple(conn, MHD_HTTP_NOT_FOUND, "bad page id\n");
-    ref = fill_get(d->fill, id, &isr, &grace);
+    if (fill_key_parse(url + strlen(FILL_PREFIX), &k, seg) < 0)
+        return simple(conn, MHD_HTTP_NOT_FOUND, "bad page key\n");
+    ref = fill_get(d->fill, k.id, &isr, &grace);
     if (!ref) {
         /* Only an id from an ACK gets here, and it stays known for the
          * grace period after its entry left the in-process cache: HAProxy
          * held the request longer than that, or cedra-spoa restarted. */
-        log_warning("page_unknown_fill", "id=%016" PRIx64, id);
+        log_warning("page_unknown_fill", "id=%016" PRIx64, k.id);
         return simple(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "edge page gone, retry\n");
     }
-    if (v == ISR_SEGMENT) {
-        sg = isr_segment_find(l1_ref_entry(ref), seg, nseg);
+    if (k.variant == ISR_SEGMENT) {
+        sg = isr_segment_find(l1_ref_entry(ref), k.segment, k.segment_len);
         if (!sg) {
             l1_release(ref);
             return simple(conn, MHD_HTTP_NOT_FOUND, "no such segment\n");
         }
     }
-    return serve_fill(conn, ref, &isr, v, sg, gz);
+    return serve_fill(conn, ref, &isr, k.variant, sg, k.gzip);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,

@@ -23,13 +23,6 @@
 #include "isr.h"
 #include "l1.h"
 
-/* Fill paths: FILL_PREFIX <16 hex digits: entry id> "-" <generation, hex>,
- * then FILL_RSC (the navigation payload) or FILL_SEGMENT <segment path in
- * hex> or nothing (the page), then FILL_GZIP for the gzip copy. */
-#define FILL_PREFIX "/.cedra/page/"
-#define FILL_RSC ".rsc"
-#define FILL_SEGMENT ".seg"
-#define FILL_GZIP ".gz"
 /* Seconds a dropped entry still fills: far above the time between an ACK
  * and HAProxy's request to the delivery server. */
 #define FILL_GRACE 5.0

@@ -1,6 +1,5 @@
 #include "handler.h"
 
-#include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "coding.h"
 #include "deliver.h"
 #include "fill.h"
+#include "fill_key.h"
 #include "gzip.h"
 #include "isr.h"
 #include "l1.h"
@@ -763,16 +763,23 @@ static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w
                        const struct held *hd, enum isr_state state, const struct cached_item *it,
                        enum stat_cache c)
 {
-    static const char hex[] = "0123456789abcdef";
     const struct isr_entry *e = hd->e;
     const struct isr_header *vary = NULL;
     struct isr_headers hs;
-    char page[64 + 2 * ISR_MAX_SEGMENT_PATH];
+    struct fill_key k = {.id = hd->ref ? l1_ref_id(hd->ref) : 0,
+                         .gen = p->conf->gen,
+                         .variant = it->variant,
+                         .segment = it->segment,
+                         .segment_len = it->segment_len,
+                         .gzip = it->gzip};
+    char page[FILL_KEY_MAX];
     int n;
 
     if (!h->fill || !hd->ref || !p->get || p->conditional || state != ISR_FRESH ||
-        isr_rsc_status(e, it->variant) != 200 || it->body_len > p->conf->isr.max_body ||
-        it->segment_len > ISR_MAX_SEGMENT_PATH)
+        isr_rsc_status(e, it->variant) != 200 || it->body_len > p->conf->isr.max_body)
+        return false;
+    n = fill_key_format(&k, page, sizeof(page));
+    if (n < 0)
         return false;
     if (isr_variant_headers(e, it->variant, state, false, &p->conf->isr, &hs) < 0)
         return false;
@@ -783,20 +790,6 @@ static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w
             vary = &hs.h[i];
     if (!fill_offer(h->fill, hd->ref, &p->conf->isr))
         return false;
-    n = snprintf(page, sizeof(page), "%016" PRIx64 "-%" PRIx64 "%s", l1_ref_id(hd->ref),
-                 p->conf->gen,
-                 it->variant == ISR_RSC       ? FILL_RSC
-                 : it->variant == ISR_SEGMENT ? FILL_SEGMENT
-                                              : "");
-    /* The segment path, in hex: any byte, one URI-safe form. */
-    for (size_t i = 0; it->variant == ISR_SEGMENT && i < it->segment_len; i++) {
-        page[n++] = hex[(unsigned char)it->segment[i] >> 4];
-        page[n++] = hex[(unsigned char)it->segment[i] & 15];
-    }
-    if (it->gzip) {
-        memcpy(page + n, FILL_GZIP, sizeof(FILL_GZIP) - 1);
-        n += (int)sizeof(FILL_GZIP) - 1;
-    }
     put_who(w, p->conf, &p->who);
     put_str_var(w, VAR_ACTION, "cache", 5);
     put_str_var(w, VAR_PAGE, page, (size_t)n);

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "fill.h"
+#include "fill_key.h"
 #include "isr.h"
 #include "l1.h"
 
@@ -312,6 +313,96 @@ static void test_threads(void **state)
     fx_done(&fx);
 }
 
+/* ---- keys (fill_key.c) ------------------------------------------------------- */
+
+static void test_key_round_trip(void **state)
+{
+    char out[FILL_KEY_MAX], seg[ISR_MAX_SEGMENT_PATH], big[ISR_MAX_SEGMENT_PATH];
+    struct fill_key k, back;
+    static const struct {
+        enum isr_variant v;
+        const char *segment;
+        bool gzip;
+        const char *want;
+    } cases[] = {
+        {ISR_HTML, NULL, false, "4000000000000abc-1f"},
+        {ISR_HTML, NULL, true, "4000000000000abc-1f.gz"},
+        {ISR_RSC, NULL, false, "4000000000000abc-1f.rsc"},
+        {ISR_RSC, NULL, true, "4000000000000abc-1f.rsc.gz"},
+        {ISR_SEGMENT, "/_tree", false, "4000000000000abc-1f.seg2f5f74726565"},
+        {ISR_SEGMENT, "/[locale]/x.gz", true,
+         "4000000000000abc-1f.seg2f5b6c6f63616c655d2f782e677a.gz"},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        k = (struct fill_key){.id = 0x4000000000000abcULL,
+                              .gen = 0x1f,
+                              .variant = cases[i].v,
+                              .segment = cases[i].segment,
+                              .segment_len = cases[i].segment ? strlen(cases[i].segment) : 0,
+                              .gzip = cases[i].gzip};
+        assert_int_equal(fill_key_format(&k, out, sizeof(out)), (int)strlen(cases[i].want));
+        assert_string_equal(out, cases[i].want);
+        assert_int_equal(fill_key_parse(out, &back, seg), 0);
+        assert_true(back.id == k.id && back.gen == k.gen && back.variant == k.variant &&
+                    back.gzip == k.gzip && back.segment_len == k.segment_len);
+        if (k.segment)
+            assert_memory_equal(back.segment, k.segment, k.segment_len);
+    }
+    /* The longest segment fits FILL_KEY_MAX; one byte more is no key. */
+    memset(big, 0xff, sizeof(big));
+    k = (struct fill_key){.id = UINT64_MAX,
+                          .gen = UINT64_MAX,
+                          .variant = ISR_SEGMENT,
+                          .segment = big,
+                          .segment_len = sizeof(big),
+                          .gzip = true};
+    assert_int_equal(fill_key_format(&k, out, sizeof(out)), FILL_KEY_MAX - 1);
+    assert_int_equal(fill_key_parse(out, &back, seg), 0);
+    assert_int_equal(back.segment_len, sizeof(big));
+    k.segment_len++;
+    assert_int_equal(fill_key_format(&k, out, sizeof(out)), -1);
+    k.segment_len = 0;
+    assert_int_equal(fill_key_format(&k, out, sizeof(out)), -1);
+    /* Too small a buffer. */
+    k = (struct fill_key){.id = 1, .gen = 1};
+    assert_int_equal(fill_key_format(&k, out, 18), -1);
+}
+
+static void test_key_malformed(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "xyz",
+        "0123456789abcdef",
+        "0123456789abcdef-",
+        "0123456789abcde-1",
+        "0123456789abcdef0-1",
+        "0123456789ABCDEF-1",
+        "0123456789abcdef-01",
+        "0123456789abcdef-11111111111111111",
+        "0123456789abcdef-1.gzip",
+        "0123456789abcdef-1.gz.gz",
+        "0123456789abcdef-1.seg",
+        "0123456789abcdef-1.seg4",
+        "0123456789abcdef-1.seg2f.rsc",
+        "0123456789abcdef-1.rsc.x",
+        "0123456789abcdef-1.rsc.seg2f",
+        "0123456789abcdef-1/../x",
+        "0123456789abcdef-1 ",
+        "+123456789abcdef-1",
+    };
+    char seg[ISR_MAX_SEGMENT_PATH];
+    struct fill_key k;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (fill_key_parse(bad[i], &k, seg) != -1)
+            fail_msg("parsed: \"%s\"", bad[i]);
+    assert_int_equal(fill_key_parse("0000000000000000-0", &k, seg), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +413,8 @@ int main(void)
         cmocka_unit_test(test_bounded),
         cmocka_unit_test(test_detached_refused),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_key_round_trip),
+        cmocka_unit_test(test_key_malformed),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
