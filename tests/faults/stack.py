@@ -226,6 +226,9 @@ class Stack(object):
                  "pool stable key-prefix %s routes %s build stable" % (
                      prefix("stable"), self.tables["stable"]),
                  "deliver 127.0.0.1:%d" % self.deliver_port,
+                 # As the shipped Nomad job runs it: fresh hits from
+                 # HAProxy's cache, filled from the delivery server.
+                 "haproxy-cache on",
                  "stats-socket %s" % self.spoa_sock,
                  "session-cookie sid"]
         self.spoa = self.env.start_spoa(port=self.spoa_port, threads=2, extra="\n".join(extra))
