@@ -14,12 +14,9 @@
 #include "fill_key.h"
 #include "isr.h"
 #include "l1.h"
+#include "l1_pages.h"
 
 #define PREFIX "t:"
-#define LIFESPAN                                                                                   \
-    "{\"expireAge\":15,\"expireAt\":1795479821,\"lastModifiedAt\":1795479806,"                     \
-    "\"revalidate\":10,\"staleAge\":10,\"staleAt\":1795479816}"
-
 struct fx {
     struct l1 *l1;
     struct fill *f;
@@ -47,41 +44,15 @@ static void fx_done(struct fx *fx)
     l1_free(fx->l1);
 }
 
-static struct isr_entry *entry(int64_t lm)
-{
-    char s[1024];
-    struct isr_entry *e = NULL;
-    int k = snprintf(s, sizeof(s),
-                     "{\"lastModified\":%lld,\"lifespan\":" LIFESPAN ",\"tags\":[\"_N_T_/fr\"],"
-                     "\"value\":{\"kind\":\"APP_PAGE\",\"html\":\"<html>bonjour %lld</html>\","
-                     "\"rscData\":\"eA==\",\"headers\":{\"x-nextjs-stale-time\":\"300\"}}}",
-                     (long long)lm, (long long)lm);
-
-    assert_true(k > 0 && (size_t)k < sizeof(s));
-    assert_int_equal(isr_entry_parse(s, (size_t)k, NULL, &e), ISR_OK);
-    return e;
-}
-
 /* Cached under PREFIX key; the caller's reference. */
 static struct l1_ref *put(struct fx *fx, const char *key, int64_t lm)
 {
-    char full[600];
-    enum l1_put_result res;
-    struct l1_ref *r;
-    int n = snprintf(full, sizeof(full), PREFIX "%s", key);
-
-    r = l1_put(fx->l1, full, (size_t)n, strlen(PREFIX), entry(lm), 0, l1_epoch(fx->l1), &res);
-    assert_non_null(r);
-    assert_int_equal(res, L1_PUT_OK);
-    return r;
+    return l1_pages_put(fx->l1, PREFIX, key, lm);
 }
 
 static size_t invalidate(struct fx *fx, const char *key)
 {
-    char full[600];
-    int n = snprintf(full, sizeof(full), PREFIX "%s", key);
-
-    return l1_invalidate_key(fx->l1, full, (size_t)n);
+    return l1_pages_invalidate(fx->l1, PREFIX, key);
 }
 
 static struct fill_stats stats(struct fx *fx)
@@ -241,7 +212,7 @@ static void test_detached_refused(void **state)
 
     (void)state;
     fx_init(&fx, 4, 60);
-    r = l1_put(fx.l1, "u:/x", 4, 2, entry(1000), 0, l1_epoch(fx.l1), &res);
+    r = l1_put(fx.l1, "u:/x", 4, 2, l1_pages_entry(1000), 0, l1_epoch(fx.l1), &res);
     assert_non_null(r);
     assert_int_equal(res, L1_PUT_UNTRACKED);
     assert_false(fill_offer(fx.f, r, &fx.isr));
@@ -269,7 +240,7 @@ static void *offerer(void *arg)
 
         /* No cmocka assertion off the main thread: the other offerer may
          * hold a later version (L1_PUT_OLDER), which is fine. */
-        r = l1_put(rc->fx->l1, key, (size_t)n, strlen(PREFIX), entry(1000 + i), 0,
+        r = l1_put(rc->fx->l1, key, (size_t)n, strlen(PREFIX), l1_pages_entry(1000 + i), 0,
                    l1_epoch(rc->fx->l1), &res);
         if (!r)
             continue;

@@ -30,6 +30,7 @@
 
 #include "isr.h"
 #include "l1.h"
+#include "l1_pages.h"
 #include "lane.h"
 #include "log.h"
 #include "util.h"
@@ -541,46 +542,15 @@ static void fx_done(struct fx *fx)
 
 /* ---- entries ------------------------------------------------------------------------ */
 
-#define LIFESPAN                                                                                   \
-    "{\"expireAge\":15,\"expireAt\":1795479821,\"lastModifiedAt\":1795479806,"                     \
-    "\"revalidate\":10,\"staleAge\":10,\"staleAt\":1795479816}"
-
-/* A servable APP_PAGE value as the cache handler writes it (test_l1.c's). */
-static struct isr_entry *entry(int64_t lm)
-{
-    char s[1024];
-    struct isr_entry *e = NULL;
-    int k = snprintf(s, sizeof(s),
-                     "{\"lastModified\":%lld,\"lifespan\":" LIFESPAN ",\"tags\":[\"_N_T_/fr\"],"
-                     "\"value\":{\"kind\":\"APP_PAGE\",\"html\":\"<html>bonjour</html>\","
-                     "\"rscData\":\"eA==\",\"headers\":{\"x-nextjs-stale-time\":\"300\"}}}",
-                     (long long)lm);
-
-    assert_true(k > 0 && (size_t)k < sizeof(s));
-    assert_int_equal(isr_entry_parse(s, (size_t)k, NULL, &e), ISR_OK);
-    return e;
-}
-
 /* Cached under PREFIX key; the caller's reference. */
 static struct l1_ref *put(struct fx *fx, const char *key, int64_t lm)
 {
-    char full[600];
-    enum l1_put_result res;
-    struct l1_ref *r;
-    int n = snprintf(full, sizeof(full), PREFIX "%s", key);
-
-    r = l1_put(fx->l1, full, (size_t)n, strlen(PREFIX), entry(lm), 0, l1_epoch(fx->l1), &res);
-    assert_non_null(r);
-    assert_int_equal(res, L1_PUT_OK);
-    return r;
+    return l1_pages_put(fx->l1, PREFIX, key, lm);
 }
 
 static size_t invalidate(struct fx *fx, const char *key)
 {
-    char full[600];
-    int n = snprintf(full, sizeof(full), PREFIX "%s", key);
-
-    return l1_invalidate_key(fx->l1, full, (size_t)n);
+    return l1_pages_invalidate(fx->l1, PREFIX, key);
 }
 
 static enum lane_publish_result pub(struct fx *fx, struct l1_ref *r, const char *path, uint64_t gen)
