@@ -15,7 +15,9 @@ shipped config, on loopback. Each trial:
 t1 - t0 includes one HTTP round trip through HAProxy and SPOE (the poll's own
 granularity, printed apart as the median plain GET time). The same is done
 with the L1 off (l1-size 0: every request reads Valkey) as the reference:
-there the edge can only be as late as one lookup.
+there the edge can only be as late as one lookup. And with the L1 on and
+"haproxy-cache on": the page from HAProxy's cache by entry id, which a new
+version must leave behind as quickly (a new entry, a new key).
 
   bench/invalidation.py [--trials 200]
 """
@@ -78,17 +80,21 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
 
 
-def run(env, rport, trials, l1):
-    sock = env.path("spoa-%s.sock" % ("l1" if l1 else "nol1"))
+def run(env, rport, trials, l1, hcache=False):
+    tag = ("l1" if l1 else "nol1") + ("-hc" if hcache else "")
+    sock = env.path("spoa-%s.sock" % tag)
+    deliver = harness.free_port()
     origin = env.start_origin()
-    agent = env.start_spoa(name="cedra-spoa-" + ("l1" if l1 else "nol1"), extra="\n".join([
+    agent = env.start_spoa(name="cedra-spoa-" + tag, extra="\n".join([
         "valkey 127.0.0.1:%d" % rport,
         "pool stable key-prefix %s routes %s" % (
             PREFIX, os.path.join(harness.REPO, "tests/fixtures/isr/v16/routes.table")),
         "stats-socket %s" % sock,
         "log-level warning",
-    ] + ([] if l1 else ["l1-size 0"])))
-    hap = env.start_haproxy(agent.addr, origin.port, extra_env={"CEDRA_HAPROXY_LOG_LEVEL": "err"})
+    ] + ([] if l1 else ["l1-size 0"]) +
+        (["deliver 127.0.0.1:%d" % deliver, "haproxy-cache on"] if hcache else [])))
+    hap = env.start_haproxy(agent.addr, origin.port, extra_env={
+        "CEDRA_HAPROXY_LOG_LEVEL": "err", "CEDRA_DELIVER_ADDR": "127.0.0.1:%d" % deliver})
     r = Redis(rport)
     key = ROUTE_KEY % "chair"
     chair = load_value("product-chair.json")
@@ -146,19 +152,25 @@ def main():
         print("to the first answer through HAProxy that is not the old page; %d trials each" % a.trials)
         print("%-28s %9s %9s %9s %9s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "max ms", "GET p50 ms"))
         res = {}
-        for l1 in (True, False):
-            lat, rtt, info = run(env, rport, a.trials, l1)
-            res[l1] = lat
+        for label, l1, hcache in (("L1 on (tracking)", True, False),
+                                  ("L1 on, haproxy-cache on", True, True),
+                                  ("L1 off (Valkey per request)", False, False)):
+            lat, rtt, info = run(env, rport, a.trials, l1, hcache)
+            res[label] = lat
             print("%-28s %9.2f %9.2f %9.2f %9.2f   %.2f" % (
-                "L1 on (tracking)" if l1 else "L1 off (Valkey per request)",
+                label,
                 1000 * pct(lat, 50), 1000 * pct(lat, 90), 1000 * pct(lat, 99), 1000 * max(lat),
                 1000 * statistics.median(rtt)))
             if info:
                 print("    cedra-spoa show cache: %s" % info.lstrip("# "))
+        on, off, hc = (res["L1 on (tracking)"], res["L1 off (Valkey per request)"],
+                       res["L1 on, haproxy-cache on"])
         print("ratio p99 L1 on / L1 off: %.2f (what tracking adds over reading Valkey every time)" % (
-            pct(res[True], 99) / max(1e-9, pct(res[False], 99))))
+            pct(on, 99) / max(1e-9, pct(off, 99))))
         print("invalidation p50_ms=%.2f p99_ms=%.2f trials=%d" % (
-            1000 * pct(res[True], 50), 1000 * pct(res[True], 99), a.trials))
+            1000 * pct(on, 50), 1000 * pct(on, 99), a.trials))
+        print("invalidation haproxy-cache p50_ms=%.2f p99_ms=%.2f trials=%d" % (
+            1000 * pct(hc, 50), 1000 * pct(hc, 99), a.trials))
     finally:
         env.stop_all()
         env.cleanup()
