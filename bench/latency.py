@@ -9,7 +9,9 @@ Two pairs, on loopback, HAProxy nbthread 2, cedra-spoa 2 workers (L1 on):
         request goes to the same stub. The difference is the SPOE exchange.
   hit   the real v16 chair page answered from the edge (x-cedra-cache HIT)
         vs HAProxy's "http-request return ... file" of the same page with the
-        same headers, no filter (bench/edge.sh's variant A).
+        same headers, no filter (bench/edge.sh's variant A); and the same HIT
+        from a second cedra-spoa with "haproxy-cache on" (the page from
+        HAProxy's cache by entry id), at the same rate.
 The rate: closed-loop wrk finds the SPOE variant's maximum, then every
 variant runs at --load (default 50 %) of it: wrk with a per-connection delay
 (bench/lua/paced.lua) so that C connections each send one request every
@@ -74,6 +76,14 @@ def main():
             "pool stable key-prefix %s routes %s" % (
                 edge_util.PREFIX, os.path.join(harness.REPO, "tests/fixtures/isr/v16/routes.table"))]))
         quiet = {"CEDRA_HAPROXY_LOG_LEVEL": "err"}
+        deliver = harness.free_port()
+        agent_hc = env.start_spoa(name="cedra-spoa-hc", log_level="warning", extra="\n".join([
+            "valkey 127.0.0.1:%d" % rport,
+            "session-cookie sid",
+            "pool stable key-prefix %s routes %s" % (
+                edge_util.PREFIX, os.path.join(harness.REPO, "tests/fixtures/isr/v16/routes.table")),
+            "deliver 127.0.0.1:%d" % deliver,
+            "haproxy-cache on"]))
         with open(os.path.join(harness.REPO, "haproxy", "haproxy.cfg")) as f:
             shipped = f.read()
         nofilter = re.sub(r"(?m)^\s*(filter spoe|http-request send-spoe-group) .*\n", "", shipped)
@@ -85,13 +95,16 @@ def main():
                       "CEDRA_LANE_COOKIES": os.path.join(harness.REPO, "haproxy", "cedra-lane-cookies.acl")}
         with_f = env.start_haproxy(agent.addr, origin.port, extra_env=quiet)
         without = env.start_haproxy(agent.addr, origin.port, extra_env=dict(quiet, **lane_files), cfg=cfg_nf)
+        with_hc = env.start_haproxy(agent_hc.addr, origin.port, extra_env=dict(
+            quiet, CEDRA_DELIVER_ADDR="127.0.0.1:%d" % deliver,
+            CEDRA_HAPROXY_SOCK=env.path("haproxy-hc.sock")))
         static_port = harness.free_port()
         static = env.spawn("haproxy-static", ["haproxy", "-db", "-f", os.path.join(env.dir, "static.cfg")],
                            env={"CEDRA_HTTP_BIND": "127.0.0.1:%d" % static_port, "CEDRA_NBTHREAD": "2",
                                 "CEDRA_HAPROXY_LOG_LEVEL": "err"})
         harness.wait_until(lambda: harness.tcp_connectable("127.0.0.1", static_port), 10, what="static")
         path = "/fr/products/chair"
-        for label, port in (("hit", with_f.port), ("static", static_port)):
+        for label, port in (("hit", with_f.port), ("static", static_port), ("hit-hc", with_hc.port)):
             edge_util.verify(label, port, env.dir, 50)
         cookie = ("Cookie: sid=bench",)
         variants = [
@@ -99,6 +112,7 @@ def main():
             ("pass", "no filter -> origin stub", without.port, cookie),
             ("hit", "SPOE filter, edge HIT from the L1", with_f.port, ()),
             ("hit", "no filter, static return of the page", static_port, ()),
+            ("hit", "SPOE filter, HIT from HAProxy's cache", with_hc.port, ()),
         ]
         rates = {}
         for kind in ("pass", "hit"):
@@ -126,7 +140,7 @@ def main():
             print("%-5s %-40s %9.0f %9.3f %9.3f %6d" % (kind, name, m["rps"], m["p50"], m["p99"],
                                                       sum(x["bad"] for x in res[i])))
         print()
-        for kind, (i, j) in (("pass", (0, 1)), ("hit", (2, 3))):
+        for kind, (i, j) in (("pass", (0, 1)), ("hit", (2, 3)), ("hit, haproxy-cache", (4, 3))):
             print("%s: added by cedra-spoa p50 %+.3f ms, p99 %+.3f ms (ratio p50 %.2f, p99 %.2f)" % (
                 kind, med[i]["p50"] - med[j]["p50"], med[i]["p99"] - med[j]["p99"],
                 med[i]["p50"] / med[j]["p50"], med[i]["p99"] / med[j]["p99"]))
