@@ -749,6 +749,8 @@ struct cached_item {
     const char *segment; /* ISR_SEGMENT */
     size_t segment_len;
     bool gzip; /* answer_coding() chose the gzip copy, which exists */
+    /* The answer's headers when the caller has made them already, or NULL. */
+    const struct isr_headers *headers;
 };
 
 /* Answers a FRESH 200 page, navigation or segment held by the in-process
@@ -764,8 +766,9 @@ static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w
                        enum stat_cache c)
 {
     const struct isr_entry *e = hd->e;
+    const struct isr_headers *hs = it->headers;
     const struct isr_header *vary = NULL;
-    struct isr_headers hs;
+    struct isr_headers own;
     struct fill_key k = {.id = hd->ref ? l1_ref_id(hd->ref) : 0,
                          .gen = p->conf->gen,
                          .variant = it->variant,
@@ -781,13 +784,16 @@ static bool put_cached(struct handler *h, struct pending *p, struct spoe_wbuf *w
     n = fill_key_format(&k, page, sizeof(page));
     if (n < 0)
         return false;
-    if (isr_variant_headers(e, it->variant, state, false, &p->conf->isr, &hs) < 0)
-        return false;
+    if (!hs) {
+        if (isr_variant_headers(e, it->variant, state, false, &p->conf->isr, &own) < 0)
+            return false;
+        hs = &own;
+    }
     /* HAProxy's cache stores no Vary (2.6 refuses what varies on headers it
      * does not manage): the answer gets Next's from this variable. */
-    for (size_t i = 0; i < hs.n; i++)
-        if (strcasecmp(hs.h[i].name, "vary") == 0)
-            vary = &hs.h[i];
+    for (size_t i = 0; i < hs->n; i++)
+        if (strcasecmp(hs->h[i].name, "vary") == 0)
+            vary = &hs->h[i];
     if (!fill_offer(h->fill, hd->ref, &p->conf->isr))
         return false;
     put_who(w, p->conf, &p->who);
@@ -845,7 +851,8 @@ static void answer_rsc(struct handler *h, struct pending *p, struct spoe_wbuf *w
                                      .body_len = it.body_len,
                                      .segment = sg ? sg->path : NULL,
                                      .segment_len = sg ? sg->path_len : 0,
-                                     .gzip = it.gzip};
+                                     .gzip = it.gzip,
+                                     .headers = &hs};
 
             if (put_cached(h, p, w, hd, state, &ci, c))
                 return;
@@ -930,7 +937,8 @@ static void answer_page(struct handler *h, struct pending *p, struct spoe_wbuf *
                                       .body_len = e->body_gz.len,
                                       .gzip = true};
 
-            struct cached_item ci = {.variant = ISR_HTML, .body_len = e->body_len, .gzip = true};
+            struct cached_item ci = {
+                .variant = ISR_HTML, .body_len = e->body_len, .gzip = true, .headers = &hs};
 
             if (put_cached(h, p, w, hd, state, &ci, c)) {
                 lane_offer(h, p, hd, state, nm);
